@@ -1,0 +1,166 @@
+"""Flax Dense and Conv layers trained by a learning rule: W in "params", B in "feedback"."""
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from wtfree import rules
+
+Array = jax.Array
+
+# Collections, besides "params":
+FEEDBACK = "feedback"  # B, for rules that store it
+MIRROR = "mirror"  # sown Hebbian products, in mirror mode
+ALIGNMENT = "alignment"  # sown angle of B to W and norm ratio, when measuring
+TRAINED_FEEDBACK = "trained_feedback"  # sown at init: True where B moves with W (KP)
+PERTURBATIONS = "perturbations"  # zeros added to layer outputs, to read the error there
+
+# Random streams: "feedback" for rules that draw in the backward pass (brSF); "mirror" switches
+# a layer into mirror mode and draws its noise.
+FEEDBACK_RNG = "feedback"
+MIRROR_RNG = "mirror"
+
+
+def init_std(scale: float, mode: str, shape: Sequence[int]) -> float:
+    """The std of ``jax.nn.initializers.variance_scaling(scale, mode, ...)`` for a kernel."""
+    receptive_field = math.prod(shape[:-2])
+    fan_in, fan_out = shape[-2] * receptive_field, shape[-1] * receptive_field
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    return math.sqrt(scale / fan)
+
+
+def _angle(a: Array, b: Array) -> Array:
+    """The angle between two arrays as flat vectors, in degrees."""
+    a, b = a.ravel(), b.ravel()
+    cos = jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
+    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+
+
+class _RuleLinear(nn.Module):
+    """What Dense and Conv share: W, bias and B, and the rule's forward pass through f."""
+
+    rule: str = "bp"
+    use_bias: bool = True
+    kernel_scale: float = 1.0
+    kernel_mode: str = "fan_in"
+    kernel_distribution: str = "truncated_normal"
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
+        rule = rules.get(self.rule)
+        kernel_init = nn.initializers.variance_scaling(
+            self.kernel_scale, self.kernel_mode, self.kernel_distribution
+        )
+        w = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
+        std = init_std(self.kernel_scale, self.kernel_mode, kernel_shape)
+        if rule.stores_feedback and not rule.direct:
+            # B is drawn independently of W, at W's scale.
+            b = self.variable(
+                FEEDBACK,
+                "kernel",
+                lambda: kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype),
+            ).value
+            if self.is_initializing():
+                trained = jnp.asarray(rule.feedback == rules.GRADIENT)
+                self.sow(TRAINED_FEEDBACK, "kernel", trained, reduce_fn=_keep_last)
+        else:
+            b = jnp.asarray(std, self.param_dtype)
+
+        if self.has_rng(MIRROR_RNG):
+            if rule.feedback == rules.MIRROR:
+                noise = jax.random.normal(self.make_rng(MIRROR_RNG), x.shape, w.dtype)
+                self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
+        if self.is_mutable_collection(ALIGNMENT) and rule.matrix is not None:
+            matrix = rule.matrix(w, b)
+            self.sow(ALIGNMENT, "weight_angle", _angle(matrix, w), reduce_fn=_keep_last)
+            norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
+            self.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
+
+        x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
+        rng = self.make_rng(FEEDBACK_RNG) if rule.needs_rng else None
+        y = rule.apply(f, x, w, b, rng)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
+            y = y + jnp.asarray(bias, y.dtype)
+        return self.perturb("delta", y, collection=PERTURBATIONS)
+
+
+def _keep_last(previous, value):
+    del previous
+    return value
+
+
+class Dense(_RuleLinear):
+    """A dense layer, ``y = x W + bias``, trained by ``rule``.
+
+    Attributes:
+      features: the number of outputs.
+      rule: the learning rule's name (``wtfree.rules.names()``).
+      kernel_scale, kernel_mode, kernel_distribution: W (and B) are drawn from
+        ``variance_scaling(kernel_scale, kernel_mode, kernel_distribution)``.
+    """
+
+    features: int = 0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return self._apply(_dense, x, (x.shape[-1], self.features), self.features)
+
+
+def _dense(x, w):
+    return jnp.dot(x, w)
+
+
+class Conv(_RuleLinear):
+    """A 2-D convolution over NHWC inputs with an HWIO kernel, trained by ``rule``.
+
+    Attributes:
+      features: the number of output channels.
+      kernel_size: (height, width) of the kernel.
+      strides: (height, width) strides.
+      padding: "SAME", "VALID" or explicit pairs, as in ``lax.conv_general_dilated``.
+    """
+
+    features: int = 0
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
+        f = partial(_conv, strides=tuple(self.strides), padding=padding)
+        kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
+        return self._apply(f, x, kernel_shape, self.features)
+
+
+def _conv(x, w, *, strides, padding):
+    return lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+class DirectFeedback(nn.Module):
+    """Routes the output error straight to a hidden activation through a fixed random B (DFA).
+
+    ``h, carrier = DirectFeedback()(h, carrier)``; see ``wtfree.rules.direct_feedback``. B has
+    shape ``(outputs, prod(h.shape[1:]))`` and std ``1/sqrt(outputs)``.
+    """
+
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h: Array, carrier: Array) -> tuple[Array, Array]:
+        shape = (carrier.shape[-1], math.prod(h.shape[1:]))
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+        b = self.variable(
+            FEEDBACK, "kernel", lambda: init(self.make_rng("params"), shape, self.param_dtype)
+        ).value
+        return rules.direct_feedback(h, carrier, b)

@@ -1,0 +1,105 @@
+"""Optax chains for W and B: B frozen, or (Kolen-Pollack) moved exactly as W is."""
+
+from typing import Any
+
+import jax
+import optax
+from flax import traverse_util
+
+TRAIN = "train"
+FROZEN = "frozen"
+
+
+def make_schedule(
+    name: str,
+    learning_rate: float,
+    *,
+    total_steps: int,
+    warmup_steps: int = 0,
+    boundaries: tuple[float, ...] = (),
+    decay_factor: float = 0.1,
+) -> optax.Schedule:
+    """Returns a learning-rate schedule.
+
+    Args:
+      name: ``constant``, ``cosine`` (to 0 at ``total_steps``) or ``step`` (times
+        ``decay_factor`` at each fraction of ``total_steps`` in ``boundaries``, as ResNet's
+        epochs 30/60/80 of 90).
+      learning_rate: the peak rate.
+      total_steps: the run's length.
+      warmup_steps: linear warm-up from 0 first.
+      boundaries: for ``step``, fractions of ``total_steps``.
+      decay_factor: for ``step``.
+    """
+    if name == "constant":
+        main = optax.constant_schedule(learning_rate)
+    elif name == "cosine":
+        main = optax.cosine_decay_schedule(learning_rate, max(1, total_steps - warmup_steps))
+    elif name == "step":
+        steps = {int(b * total_steps) - warmup_steps: decay_factor for b in boundaries}
+        main = optax.piecewise_constant_schedule(learning_rate, steps)
+    else:
+        raise ValueError(f"unknown schedule {name!r}; known: constant, cosine, step")
+    if warmup_steps <= 0:
+        return main
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def _decay_mask(tree: Any) -> Any:
+    # Decay kernels (W and B), not biases or batch-norm scales.
+    return jax.tree.map(lambda x: x.ndim > 1, tree)
+
+
+def make_optimizer(
+    learning_rate: float | optax.Schedule,
+    trained_feedback: Any,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    r"""SGD with weight decay for W, the same for trained B, nothing for fixed B.
+
+    The transform acts on ``{"params": ..., "feedback": ...}``. Every parameter gets
+
+    .. math::
+      u = g + \lambda W \;(\text{kernels only}), \qquad
+      m \leftarrow \mu m + u, \qquad W \leftarrow W - \eta_t m
+
+    (Nesterov optional). A B marked in ``trained_feedback`` (Kolen-Pollack) goes through the
+    very same transform: same :math:`\eta_t`, :math:`\mu`, :math:`\lambda`. Since KP gives B
+    W's gradient, plain SGD then shrinks their difference by :math:`(1 - \eta\lambda)` a step.
+    Every other B gets no update from the optimizer (fixed, or moved by the mirror step).
+
+    Args:
+      learning_rate: :math:`\eta`, or a schedule.
+      trained_feedback: a nested dict of flags, True where B is trained with W (as
+        ``wtfree.layers`` sows it at init under ``trained_feedback``); B not named there is fixed.
+      momentum: :math:`\mu`; 0 for plain SGD.
+      nesterov: Nesterov momentum.
+      weight_decay: :math:`\lambda`.
+
+    Returns:
+      An optax transform for ``{"params": ..., "feedback": ...}``.
+
+    References:
+      Akrout, Wilson, Humphreys, Lillicrap & Tweed, *Deep Learning without Weight Transport*,
+      NeurIPS 2019 (matched weight decay for W and B).
+    """
+    train = optax.chain(
+        optax.add_decayed_weights(weight_decay, mask=_decay_mask),
+        optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
+    )
+
+    flags = traverse_util.flatten_dict(dict(trained_feedback or {}))
+
+    def labels(variables):
+        feedback = traverse_util.flatten_dict(dict(variables.get("feedback", {})))
+        feedback_labels = {k: TRAIN if bool(flags.get(k, False)) else FROZEN for k in feedback}
+        return {
+            "params": jax.tree.map(lambda _: TRAIN, variables["params"]),
+            "feedback": traverse_util.unflatten_dict(feedback_labels),
+        }
+
+    return optax.partition({TRAIN: train, FROZEN: optax.set_to_zero()}, labels)

@@ -1,0 +1,113 @@
+"""The registry of learning rules: name -> Rule, and `get(name)` with a clear error."""
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+from wtfree.rules._feedback import LinearFn, feedback_linear
+from wtfree.rules.backprop import backprop
+from wtfree.rules.direct_feedback import direct_feedback, direct_feedback_output
+from wtfree.rules.feedback_alignment import feedback_alignment
+from wtfree.rules.kolen_pollack import kolen_pollack
+from wtfree.rules.sign_symmetry import (
+    batchwise_random_magnitude_sign,
+    fixed_random_magnitude_sign,
+    uniform_sign,
+)
+from wtfree.rules.weight_mirror import apply_hebbian, hebbian, mirror_update, weight_mirror
+
+# What a rule does with its feedback weights B:
+NONE = "none"  # stores no B (bp; sign rules derive it from W, given the layer's init std)
+FIXED = "fixed"  # B drawn once, never trained (fa, frsf, dfa)
+GRADIENT = "gradient"  # B gets W's gradient and moves with W in the optimizer (kp)
+MIRROR = "mirror"  # B trained by the weight-mirror step (wm)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A learning rule for linear layers.
+
+    Attributes:
+      name: the registry name.
+      apply: ``apply(f, x, w, b, rng) -> f(x, w)`` with the rule's backward pass. ``b`` is the
+        stored feedback weights, or for rules with ``feedback == NONE`` the layer's init std.
+      feedback: what B is and how it learns: NONE, FIXED, GRADIENT or MIRROR.
+      direct: the error reaches hidden layers straight from the output (DFA): the layers train
+        locally and the model routes the error with ``direct_feedback``.
+      needs_rng: the backward pass draws random numbers (brSF).
+      matrix: ``matrix(w, b) -> B``, the matrix (shaped like W) the error goes down through,
+        for measuring its angle to W; None for DFA, whose B is not shaped like W. For brSF, the
+        expectation of B.
+    """
+
+    name: str
+    apply: Callable
+    feedback: str
+    matrix: Callable | None
+    direct: bool = False
+    needs_rng: bool = False
+
+    @property
+    def stores_feedback(self) -> bool:
+        return self.feedback != NONE
+
+
+def _stored(w, b):
+    del w
+    return b
+
+
+RULES: dict[str, Rule] = {
+    r.name: r
+    for r in [
+        Rule("bp", backprop, NONE, lambda w, b: w),
+        Rule("fa", feedback_alignment, FIXED, _stored),
+        Rule("dfa", backprop, FIXED, None, direct=True),
+        Rule("usf", uniform_sign, NONE, lambda w, b: b * jnp.sign(w)),
+        Rule("frsf", fixed_random_magnitude_sign, FIXED, lambda w, b: jnp.abs(b) * jnp.sign(w)),
+        Rule(
+            "brsf",
+            batchwise_random_magnitude_sign,
+            NONE,
+            lambda w, b: b * math.sqrt(2 / math.pi) * jnp.sign(w),
+            needs_rng=True,
+        ),
+        Rule("kp", kolen_pollack, GRADIENT, _stored),
+        Rule("wm", weight_mirror, MIRROR, _stored),
+    ]
+}
+ALIASES = {"ss": "usf"}
+
+
+def names() -> list[str]:
+    """The known rule names, aliases included."""
+    return sorted([*RULES, *ALIASES])
+
+
+def get(name: str) -> Rule:
+    """Returns the rule called ``name``; raises ValueError naming the known rules otherwise."""
+    key = ALIASES.get(name, name)
+    if key not in RULES:
+        raise ValueError(f"unknown rule {name!r}; known rules: {', '.join(names())}")
+    return RULES[key]
+
+
+__all__ = [
+    "FIXED",
+    "GRADIENT",
+    "MIRROR",
+    "NONE",
+    "RULES",
+    "LinearFn",
+    "Rule",
+    "apply_hebbian",
+    "direct_feedback",
+    "direct_feedback_output",
+    "feedback_linear",
+    "get",
+    "hebbian",
+    "mirror_update",
+    "names",
+]

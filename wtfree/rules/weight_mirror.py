@@ -1,0 +1,124 @@
+"""Weight mirrors: B learns W from the Hebbian product of noise and its echo."""
+
+import jax
+
+from wtfree.rules._feedback import LinearFn, feedback_linear
+
+Array = jax.Array
+
+
+def weight_mirror(f: LinearFn, x: Array, w: Array, b: Array, rng: Array | None) -> Array:
+    r"""In the learning mode, sends the error down through B, which gets no gradient.
+
+    .. math::
+      \Delta x = J_x f(\cdot, B)^\top \delta, \qquad
+      \Delta W = J_W f(x, \cdot)^\top \delta, \qquad \Delta B = 0.
+
+    B is trained separately, in the mirror mode, by :func:`mirror_update`.
+
+    Args:
+      f: the linear op, ``f(x, W) -> y``.
+      x: the input.
+      w: the forward weights W.
+      b: the feedback weights B, shaped like W.
+      rng: unused.
+
+    Returns:
+      ``f(x, w)``.
+
+    References:
+      Akrout, Wilson, Humphreys, Lillicrap & Tweed, *Deep Learning without Weight Transport*,
+      NeurIPS 2019.
+    """
+    del rng
+    return feedback_linear(f, x, w, b, train_b=False)
+
+
+def hebbian(f: LinearFn, w: Array, x: Array) -> Array:
+    r"""The mirror mode's Hebbian product for one layer fed the input x.
+
+    .. math::
+      H = J_W f(x, \cdot)^\top f(x, W) \;(= x^\top x W \text{ for dense}).
+
+    For zero-mean noise x with covariance :math:`\sigma^2 I`,
+    :math:`\mathbb{E}[H] = n\sigma^2 W` (n examples; for convolutions, the same holds per
+    kernel tap up to border effects), which is why B moved along H aligns with W.
+    The bias is left out: the mirror mode blocks it.
+
+    Args:
+      f: the linear op, ``f(x, W) -> y``.
+      w: the forward weights W.
+      x: the noise fed to the layer.
+
+    Returns:
+      H, shaped like W.
+    """
+    y, vjp_w = jax.vjp(lambda w_: f(x, w_), w)
+    (h,) = vjp_w(y)
+    return h
+
+
+def mirror_update(
+    f: LinearFn,
+    w: Array,
+    b: Array,
+    rng: Array,
+    input_shape: tuple[int, ...],
+    *,
+    learning_rate: float,
+    decay: float,
+    noise_std: float = 1.0,
+) -> Array:
+    r"""One mirror step for one layer: B is moved along the Hebbian product, with decay.
+
+    .. math::
+      x \sim \mathcal{N}(0, \sigma^2 I), \quad y = f(x, W), \quad
+      B \leftarrow B + \eta\, J_W f(x, \cdot)^\top y - \lambda B
+      \;(= B + \eta\, x^\top y - \lambda B \text{ for dense}).
+
+    Args:
+      f: the linear op, ``f(x, W) -> y``.
+      w: the forward weights W.
+      b: the feedback weights B, shaped like W.
+      rng: the key the noise is drawn from.
+      input_shape: the shape of the noise x, that of the layer's input (batch first).
+      learning_rate: :math:`\eta`.
+      decay: :math:`\lambda`.
+      noise_std: :math:`\sigma`.
+
+    Returns:
+      The new B.
+
+    References:
+      Akrout, Wilson, Humphreys, Lillicrap & Tweed, *Deep Learning without Weight Transport*,
+      NeurIPS 2019, eqs. 6-11.
+    """
+    x = jax.random.normal(rng, input_shape, w.dtype)
+    return apply_hebbian(
+        b, hebbian(f, w, x), learning_rate=learning_rate, decay=decay, noise_std=noise_std
+    )
+
+
+def apply_hebbian(
+    b: Array, h: Array, *, learning_rate: float, decay: float, noise_std: float = 1.0
+) -> Array:
+    r"""Moves B along a Hebbian product H measured with unit-variance noise.
+
+    .. math::
+      B \leftarrow B + \eta \sigma^2 H - \lambda B.
+
+    H is bilinear in the noise, so the product for noise of std :math:`\sigma` is
+    :math:`\sigma^2` times that for unit noise; layers measure H with unit noise and the
+    noise std enters here.
+
+    Args:
+      b: the feedback weights B.
+      h: :func:`hebbian` at unit-variance noise, shaped like B.
+      learning_rate: :math:`\eta`.
+      decay: :math:`\lambda`.
+      noise_std: :math:`\sigma`.
+
+    Returns:
+      The new B.
+    """
+    return b + (learning_rate * noise_std**2) * h - decay * b
