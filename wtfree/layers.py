@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wtfree import rules
+from wtfree import metrics, rules
 
 Array = jax.Array
 
@@ -17,7 +17,7 @@ Array = jax.Array
 FEEDBACK = "feedback"  # B, for rules that store it
 MIRROR = "mirror"  # sown Hebbian products, in mirror mode
 ALIGNMENT = "alignment"  # sown angle of B to W and norm ratio, when measuring
-TRAINED_FEEDBACK = "trained_feedback"  # sown at init: True where B moves with W (KP)
+TRAINED_FEEDBACK = "trained_feedback"  # sown at init where B moves with W (KP)
 PERTURBATIONS = "perturbations"  # zeros added to layer outputs, to read the error there
 
 # Random streams: "feedback" for rules that draw in the backward pass (brSF); "mirror" switches
@@ -32,13 +32,6 @@ def init_std(scale: float, mode: str, shape: Sequence[int]) -> float:
     fan_in, fan_out = shape[-2] * receptive_field, shape[-1] * receptive_field
     fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
     return math.sqrt(scale / fan)
-
-
-def _angle(a: Array, b: Array) -> Array:
-    """The angle between two arrays as flat vectors, in degrees."""
-    a, b = a.ravel(), b.ravel()
-    cos = jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
-    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
 
 
 class _RuleLinear(nn.Module):
@@ -67,9 +60,8 @@ class _RuleLinear(nn.Module):
                 "kernel",
                 lambda: kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype),
             ).value
-            if self.is_initializing():
-                trained = jnp.asarray(rule.feedback == rules.GRADIENT)
-                self.sow(TRAINED_FEEDBACK, "kernel", trained, reduce_fn=_keep_last)
+            if self.is_initializing() and rule.feedback == rules.GRADIENT:
+                self.sow(TRAINED_FEEDBACK, "kernel", jnp.ones((), bool), reduce_fn=_keep_last)
         else:
             b = jnp.asarray(std, self.param_dtype)
 
@@ -79,7 +71,7 @@ class _RuleLinear(nn.Module):
                 self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
         if self.is_mutable_collection(ALIGNMENT) and rule.matrix is not None:
             matrix = rule.matrix(w, b)
-            self.sow(ALIGNMENT, "weight_angle", _angle(matrix, w), reduce_fn=_keep_last)
+            self.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
             norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
             self.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
 

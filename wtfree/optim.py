@@ -74,8 +74,9 @@ def make_optimizer(
 
     Args:
       learning_rate: :math:`\eta`, or a schedule.
-      trained_feedback: a nested dict of flags, True where B is trained with W (as
-        ``wtfree.layers`` sows it at init under ``trained_feedback``); B not named there is fixed.
+      trained_feedback: a nested dict whose leaves' paths name the B trained with W (as
+        ``wtfree.layers`` sows them at init under ``trained_feedback``; only the paths matter,
+        so ``jax.eval_shape`` of the init gives it). Every other B is left alone.
       momentum: :math:`\mu`; 0 for plain SGD.
       nesterov: Nesterov momentum.
       weight_decay: :math:`\lambda`.
@@ -96,7 +97,7 @@ def make_optimizer(
 
     def labels(variables):
         feedback = traverse_util.flatten_dict(dict(variables.get("feedback", {})))
-        feedback_labels = {k: TRAIN if bool(flags.get(k, False)) else FROZEN for k in feedback}
+        feedback_labels = {k: TRAIN if k in flags else FROZEN for k in feedback}
         return {
             "params": jax.tree.map(lambda _: TRAIN, variables["params"]),
             "feedback": traverse_util.unflatten_dict(feedback_labels),

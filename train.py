@@ -1,0 +1,54 @@
+r"""Trains and evaluates a model with a learning rule, as configured.
+
+    python train.py --config=configs/mnist_mlp.py:rule=kp --workdir=runs/mnist_kp \
+        [--config.num_epochs=20 --config.optimizer.learning_rate=0.3 ...]
+
+Rerunning the same command resumes from the workdir's latest checkpoint.
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from wtfree import config_lib, logs, train_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where logs and checkpoints go.", required=True)
+config_flags.DEFINE_config_file(
+    "config", None, "A config file, with an optional :arg.", lock_config=True
+)
+
+
+def _fail(message: str) -> None:
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, but a bad flag, config file, :arg or override is one line and exit 2."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as e:
+        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        if "Traceback" in message:  # a config file's own error, wrapped by config_flags
+            message = message.strip().splitlines()[-1]
+        _fail(" ".join(message.split()) or type(e).__name__)
+    return []
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}")
+    config = flags.FLAGS.config
+    if not flags.FLAGS["verbosity"].present:
+        logs.quiet()
+    try:
+        config_lib.validate(config)
+    except ValueError as e:
+        _fail(str(e))
+    logs.say(f"Config:\n{config}")
+    train_lib.train_and_evaluate(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

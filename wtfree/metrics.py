@@ -1,0 +1,83 @@
+"""Losses, accuracy and alignment angles: pure, jittable functions of arrays."""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+Array = jax.Array
+
+
+def softmax_xent(logits: Array, labels: Array) -> Array:
+    """Per-example softmax cross-entropy with integer labels."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def sigmoid_xent(logits: Array, labels: Array) -> Array:
+    """Per-example sum over the outputs of the sigmoid cross-entropy with one-hot targets.
+
+    The seed's loss: independent sigmoid output units, each against its one-hot target.
+    """
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
+
+
+LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
+
+
+def get_loss(name: str):
+    """Returns the per-example loss called ``name``; raises ValueError naming the known ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def correct(logits: Array, labels: Array, k: int = 1) -> Array:
+    """Per example, 1.0 where the label is among the top ``k`` logits."""
+    if k == 1:
+        return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def angle(a: Array, b: Array) -> Array:
+    r"""The angle between two arrays taken as flat vectors, in degrees:
+    :math:`\arccos(\langle a, b\rangle / \|a\|\|b\|)`."""
+    a, b = a.ravel().astype(jnp.float32), b.ravel().astype(jnp.float32)
+    cos = jnp.dot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b) + 1e-30)
+    return jnp.degrees(jnp.arccos(jnp.clip(cos, -1.0, 1.0)))
+
+
+def layer_name(path: tuple[str, ...]) -> str:
+    """A layer's name in measurement keys: its module path joined with '/'."""
+    return "/".join(path)
+
+
+def delta_angles(rule_deltas, bp_deltas) -> dict[str, Array]:
+    """Per layer, the angle between the error the rule sends to a layer's output and backprop's.
+
+    Args:
+      rule_deltas: gradients w.r.t. the ``perturbations`` collection under the rule.
+      bp_deltas: the same under backprop, on the same batch and weights.
+
+    Returns:
+      ``{"align/delta_angle/<layer>": degrees}``.
+    """
+    rule_flat = traverse_util.flatten_dict(rule_deltas)
+    bp_flat = traverse_util.flatten_dict(bp_deltas)
+    return {
+        f"align/delta_angle/{layer_name(path[:-1])}": angle(rule_flat[path], bp_flat[path])
+        for path in rule_flat
+    }
+
+
+def alignment(sown) -> dict[str, Array]:
+    """Flattens what layers sow under ``alignment`` into measurement keys.
+
+    Returns:
+      ``{"align/weight_angle/<layer>": degrees, "align/norm_ratio/<layer>": ||B||/||W||}``.
+    """
+    return {
+        f"align/{path[-1]}/{layer_name(path[:-1])}": value
+        for path, value in traverse_util.flatten_dict(sown).items()
+    }

@@ -1,0 +1,434 @@
+"""The training loop: init_state, train_step, mirror_step, eval_step, train_and_evaluate."""
+
+import functools
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+from flax import traverse_util
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from wtfree import checkpoints, data, layers, metrics, models, optim, rules, sharding
+from wtfree import logs as logs_lib
+
+State = dict[str, Any]
+# The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
+STATE_COLLECTIONS = ("params", "feedback", "batch_stats")
+
+
+def make_model(config: ml_collections.ConfigDict, num_classes: int):
+    """The configured model for ``num_classes`` outputs, with every name checked."""
+    rules.get(config.rule)
+    if config.get("output_rule"):
+        rules.get(config.output_rule)
+    kwargs = dict(config.get("model_kwargs", {}))
+    dtype = jnp.dtype(config.get("dtype", "float32"))
+    return models.get(config.model)(
+        num_classes=num_classes,
+        rule=config.rule,
+        output_rule=config.get("output_rule") or None,
+        dtype=dtype,
+        **kwargs,
+    )
+
+
+def make_optimizer(config, steps_per_epoch: int, total_steps: int, trained_feedback):
+    opt = config.optimizer
+    schedule = optim.make_schedule(
+        opt.schedule,
+        opt.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=int(opt.get("warmup_epochs", 0) * steps_per_epoch),
+        boundaries=tuple(opt.get("boundaries", ())),
+    )
+    tx = optim.make_optimizer(
+        schedule,
+        trained_feedback,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay,
+    )
+    return tx, schedule
+
+
+def init_variables(model, rng, input_shape) -> tuple[dict, dict]:
+    """Initial variables (params, feedback, batch_stats) and the trained-feedback flags."""
+    variables = model.init({"params": rng}, jnp.zeros(input_shape, jnp.float32), train=False)
+    flags = variables.get(layers.TRAINED_FEEDBACK, {})
+    return {k: variables[k] for k in STATE_COLLECTIONS if k in variables}, flags
+
+
+def init_state(model, tx, rng, input_shape) -> State:
+    """A fresh train state: a plain dict of arrays."""
+    init_rng, rng = jax.random.split(rng)
+    variables, _ = init_variables(model, init_rng, input_shape)
+    trainable = {k: variables.get(k, {}) for k in ("params", "feedback")}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+        **{k: variables.get(k, {}) for k in STATE_COLLECTIONS},
+        "opt_state": tx.init(trainable),
+    }
+
+
+def _variables(state: State) -> dict:
+    return {k: state[k] for k in STATE_COLLECTIONS if state[k]}
+
+
+def _apply(model, variables, x, train: bool, rngs=None, mutable=()):
+    """Applies the model; batch stats are updated in train mode when the model has them."""
+    mutable = list(mutable)
+    if train and "batch_stats" in variables:
+        mutable.append("batch_stats")
+    out = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable or False)
+    return out if mutable else (out, {})
+
+
+def _step_rngs(state: State) -> dict:
+    # Keyed by step, so a resumed run draws what an uninterrupted one would.
+    return {
+        layers.FEEDBACK_RNG: jax.random.fold_in(jax.random.fold_in(state["rng"], 0), state["step"])
+    }
+
+
+def make_train_step(model, tx, loss_name: str):
+    """``train_step(state, batch) -> (state, measurements)``: one step of the model's rule."""
+    loss_fn = metrics.get_loss(loss_name)
+
+    def train_step(state: State, batch):
+        def loss(trainable):
+            variables = {**_variables(state), **trainable}
+            logits, new = _apply(model, variables, batch["image"], True, _step_rngs(state))
+            per_example = loss_fn(logits.astype(jnp.float32), batch["label"])
+            return per_example.mean(), (logits, new)
+
+        trainable = {"params": state["params"], "feedback": state["feedback"]}
+        (value, (logits, new)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        new_state = {
+            **state,
+            **trainable,
+            "batch_stats": new.get("batch_stats", state["batch_stats"]),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        measurements = {
+            "train/loss": value,
+            "train/accuracy": metrics.correct(logits, batch["label"]).mean(),
+        }
+        return new_state, measurements
+
+    return train_step
+
+
+def make_measure_step(model, loss_name: str):
+    """``measure(state, batch) -> measurements``: per layer the angle of B to W, ||B||/||W||,
+    and the angle between the error the rule sends to each layer and backprop's (same batch)."""
+    loss_fn = metrics.get_loss(loss_name)
+    bp_model = model.clone(rule="bp", output_rule="bp")
+
+    def deltas(m, variables, state, batch):
+        x = batch["image"]
+        shapes = jax.eval_shape(
+            lambda: _apply(m, variables, x, False, mutable=[layers.PERTURBATIONS])[1]
+        )[layers.PERTURBATIONS]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def loss(perturbations):
+            v = {**variables, layers.PERTURBATIONS: perturbations}
+            logits, _ = _apply(m, v, x, True, _step_rngs(state))
+            return loss_fn(logits.astype(jnp.float32), batch["label"]).mean()
+
+        return jax.grad(loss)(zeros)
+
+    def measure(state: State, batch):
+        variables = _variables(state)
+        _, sown = _apply(model, variables, batch["image"][:1], False, mutable=[layers.ALIGNMENT])
+        out = metrics.alignment(sown.get(layers.ALIGNMENT, {}))
+        bp_variables = {k: v for k, v in variables.items() if k != "feedback"}
+        out.update(
+            metrics.delta_angles(
+                deltas(model, variables, state, batch), deltas(bp_model, bp_variables, state, batch)
+            )
+        )
+        return out
+
+    return measure
+
+
+def make_eval_step(model, loss_name: str, top_k: tuple[int, ...] = (1,)):
+    """``eval_step(state, batch) -> sums``: masked sums of loss and of correct predictions."""
+    loss_fn = metrics.get_loss(loss_name)
+
+    def eval_step(state: State, batch):
+        logits, _ = _apply(model, _variables(state), batch["image"], False)
+        logits = logits.astype(jnp.float32)
+        mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
+        sums = {"loss": jnp.sum(loss_fn(logits, batch["label"]) * mask), "count": mask.sum()}
+        for k in top_k:
+            key = "accuracy" if k == 1 else f"accuracy_top{k}"
+            sums[key] = jnp.sum(metrics.correct(logits, batch["label"], k) * mask)
+        return sums
+
+    return eval_step
+
+
+def make_mirror_step(model, mesh, input_shape, *, learning_rate, decay, noise_std):
+    r"""``mirror_step(state, rng) -> state``: one weight-mirror batch for every ``wm`` layer.
+
+    Runs per device under ``jax.shard_map``: each device feeds every layer its own noise batch
+    (the key folded with the device index), measures the Hebbian product H, and ``lax.pmean``
+    averages H so that B stays identical everywhere:
+    :math:`B \leftarrow B + \eta\sigma^2\,\mathrm{mean}_d H_d - \lambda B`.
+    ``input_shape`` is the per-device noise batch (batch first); the model's forward values are
+    unused, so XLA drops them.
+    """
+
+    def hebbian(variables, rng):
+        rng = jax.random.fold_in(rng, lax.axis_index(sharding.DATA))
+        x = jnp.zeros(input_shape, jnp.float32)
+        _, sown = _apply(model, variables, x, False, {layers.MIRROR_RNG: rng}, [layers.MIRROR])
+        return lax.pmean(sown.get(layers.MIRROR, {}), sharding.DATA)
+
+    per_device = jax.shard_map(hebbian, mesh=mesh, in_specs=(P(), P()), out_specs=P())
+
+    def mirror_step(state: State, rng) -> State:
+        h = traverse_util.flatten_dict(per_device(_variables(state), rng))
+        feedback = traverse_util.flatten_dict(state["feedback"])
+        for path, value in h.items():
+            feedback[path] = rules.apply_hebbian(
+                feedback[path], value, learning_rate=learning_rate, decay=decay, noise_std=noise_std
+            )
+        return {**state, "feedback": traverse_util.unflatten_dict(feedback)}
+
+    return mirror_step
+
+
+def _mirror_rng(state: State, stream: int, index) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(state["rng"], stream), index)
+
+
+def evaluate(eval_step, state, ds, mesh, batch_size: int, split: str = "test") -> dict:
+    """Runs ``eval_step`` over a whole split; returns ``{"<split>/loss": ..., ...}``."""
+    totals = None
+    for i, batch in enumerate(
+        ds.eval_batches(
+            split=split,
+            global_batch_size=batch_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    ):
+        sums = eval_step(state, sharding.put_batch(batch, mesh))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+        if i % 8 == 7:
+            jax.block_until_ready(totals)  # see train_and_evaluate: never queue too many steps
+    totals = jax.device_get(totals)
+    count = totals.pop("count")
+    return {f"{split}/{k}": float(v / count) for k, v in totals.items()}
+
+
+class Trainer:
+    """Everything a run builds from its config: data, model, optimizer, jitted steps, state."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+        self.config = config
+        self.mesh = mesh or sharding.make_mesh(config.get("num_devices"))
+        sharding.check_batch_size(config.batch_size, self.mesh)
+        self.ds = data.get_dataset(
+            config.dataset, data_dir=config.get("data_dir"), idx_dir=config.get("idx_dir")
+        )
+        self.model = make_model(config, self.ds.num_classes)
+        self.steps_per_epoch = self.ds.steps_per_epoch(config.batch_size)
+        self.total_steps = config.get("num_train_steps") or config.num_epochs * self.steps_per_epoch
+        self.input_shape = (config.batch_size, *self.ds.image_shape)
+
+        rng = jax.random.PRNGKey(config.seed)
+        # Which B train with W shows in the structure alone, so no real init is needed.
+        _, flags = jax.eval_shape(
+            lambda: init_variables(self.model, rng, (1, *self.ds.image_shape))
+        )
+        self.tx, self.schedule = make_optimizer(
+            config, self.steps_per_epoch, self.total_steps, flags
+        )
+
+        replicated = sharding.replicated(self.mesh)
+        batch = sharding.batch_sharded(self.mesh)
+        init = functools.partial(
+            init_state, self.model, self.tx, input_shape=(1, *self.ds.image_shape)
+        )
+        self.init_state = jax.jit(init, out_shardings=replicated)
+        self.abstract_state = jax.eval_shape(self.init_state, rng)
+        self.abstract_state = jax.tree.map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+            self.abstract_state,
+        )
+        top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
+        self.train_step = jax.jit(
+            make_train_step(self.model, self.tx, config.loss),
+            in_shardings=(replicated, batch),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
+        self.measure_step = jax.jit(make_measure_step(self.model, config.loss))
+        self.eval_step = jax.jit(make_eval_step(self.model, config.loss, top_k))
+        self.uses_mirror = any(
+            rules.get(r).feedback == rules.MIRROR
+            for r in (config.rule, config.get("output_rule") or config.rule)
+        )
+        if self.uses_mirror:
+            m = config.mirror
+            per_device = (m.batch_size, *self.ds.image_shape)
+            self.mirror_step = jax.jit(
+                make_mirror_step(
+                    self.model,
+                    self.mesh,
+                    per_device,
+                    learning_rate=m.learning_rate,
+                    decay=m.decay,
+                    noise_std=m.noise_std,
+                ),
+                donate_argnums=0,
+            )
+        self.rng = rng
+
+    def fresh_state(self) -> State:
+        return self.init_state(self.rng)
+
+    def train_batches(self, start_step: int):
+        return self.ds.train_batches(
+            global_batch_size=self.config.batch_size,
+            seed=self.config.seed,
+            start_step=start_step,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            augment=self.config.get("augment", False),
+        )
+
+    def mirror_pretrain(self, state: State) -> State:
+        """The seed's mirror pass before training: ``mirror.pretrain_batches`` batches."""
+        for i in range(self.config.mirror.pretrain_batches):
+            state = self.mirror_step(state, _mirror_rng(state, 2, i))
+            if i % 8 == 7:
+                jax.block_until_ready(state["feedback"])
+        return state
+
+    def evaluate(self, state: State, split: str = "test") -> dict:
+        return evaluate(
+            self.eval_step,
+            state,
+            self.ds,
+            self.mesh,
+            self.config.get("eval_batch_size", 1000),
+            split,
+        )
+
+
+def restore_or_init(trainer: Trainer, manager) -> State:
+    """The workdir's latest checkpoint, else ``config.init_from``'s (its step reset), else fresh."""
+    state = checkpoints.restore(manager, trainer.abstract_state)
+    if state is not None:
+        logging.info("Resumed from %s at step %d", manager.directory, int(state["step"]))
+        return state
+    init_from = trainer.config.get("init_from")
+    if init_from:
+        state = checkpoints.restore_or_none(init_from, trainer.abstract_state)
+        if state is None:
+            raise ValueError(f"init_from={init_from!r} holds no checkpoint")
+        logging.info("Initialized from %s", init_from)
+        return {**state, "step": jnp.zeros_like(state["step"])}
+    state = trainer.fresh_state()
+    if trainer.uses_mirror:
+        state = trainer.mirror_pretrain(state)
+    return state
+
+
+def _host(tree) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(tree).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains as configured, logging to and checkpointing in ``workdir``; returns the last
+    test measurements."""
+    trainer = Trainer(config)
+    is_main = jax.process_index() == 0
+    writer = logs_lib.MetricWriter(workdir, enabled=is_main)
+    if is_main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    manager = checkpoints.make_manager(workdir, keep=config.get("keep_checkpoints", 3))
+    state = restore_or_init(trainer, manager)
+    step = int(jax.device_get(state["step"]))
+    total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
+    if step == 0:
+        # Step 0's alignment: before any update.
+        first = next(iter(trainer.train_batches(0)))
+        writer.write(
+            0, 0.0, _host(trainer.measure_step(state, sharding.put_batch(first, trainer.mesh)))
+        )
+
+    progress = logs_lib.Progress(total, start_step=step)
+    last_test: dict[str, float] = {}
+    batches = trainer.train_batches(step)
+    while step < total:
+        batch = sharding.put_batch(next(batches), trainer.mesh)
+        log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == total
+        if log_now:
+            alignment = trainer.measure_step(state, batch)
+        state, measurements = trainer.train_step(state, batch)
+        if trainer.uses_mirror and (step + 1) % config.mirror.every == 0:
+            state = trainer.mirror_step(state, _mirror_rng(state, 1, step))
+        step += 1
+        if step % 8 == 0:
+            # With several CPU devices, queueing dozens of collective steps without waiting
+            # deadlocks XLA's CPU rendezvous; waiting now and then costs nothing measurable.
+            jax.block_until_ready(measurements)
+
+        epoch = step / per_epoch
+        if log_now:
+            values = {**_host(measurements), **_host(alignment)}
+            values["train/learning_rate"] = float(trainer.schedule(step - 1))
+            if not math.isfinite(values["train/loss"]):
+                raise FloatingPointError(f"train/loss is {values['train/loss']} at step {step}")
+            writer.write(step, epoch, values)
+            progress.report(step, epoch, values["train/loss"])
+        if step % per_epoch == 0 or step % config.eval_every_steps == 0 or step == total:
+            last_test = trainer.evaluate(state)
+            writer.write(step, epoch, last_test)
+            logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
+        if step % config.checkpoint_every_steps == 0 or step == total:
+            checkpoints.save(manager, state)
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    return last_test
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict[str, float]:
+    """Test measurements of the checkpoint at ``step`` (default the latest) in ``workdir``,
+    built from the run's own resolved config; written to ``workdir/eval_<step>.json``."""
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path):
+        raise ValueError(f"{workdir!r} holds no config.json: not a wtfree workdir")
+    with open(config_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    trainer = Trainer(config)
+    with checkpoints.make_manager(workdir) as manager:
+        if manager.latest_step() is None:
+            raise ValueError(f"{workdir!r} holds no checkpoint")
+        state = checkpoints.restore(manager, trainer.abstract_state, step)
+    result = {"step": int(state["step"]), **trainer.evaluate(state)}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_{result['step']}.json"), "w") as f:
+            json.dump(result, f)
+    return result
