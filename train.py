@@ -29,7 +29,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except (flags.Error, ValueError, KeyError, AttributeError, TypeError) as e:
-        message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+        message = str(e)
+        if isinstance(e, AttributeError) and e.args and isinstance(e.args[0], KeyError):
+            e = e.args[0]  # how ml_collections reports some misspelled overrides
+        if isinstance(e, KeyError) and e.args:  # a misspelled override of the locked config
+            message = f"unknown config key {e.args[0]}"
         if "Traceback" in message:  # a config file's own error, wrapped by config_flags
             message = message.strip().splitlines()[-1]
         _fail(" ".join(message.split()) or type(e).__name__)

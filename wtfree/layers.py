@@ -76,7 +76,12 @@ class _RuleLinear(nn.Module):
             self.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
 
         x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
-        rng = self.make_rng(FEEDBACK_RNG) if rule.needs_rng else None
+        rng = None
+        if rule.needs_rng:
+            # Only the backward pass draws from it: forward-only applies (evaluation, mirror
+            # mode) may come without the stream. Training always passes it (train_lib).
+            has = self.has_rng(FEEDBACK_RNG)
+            rng = self.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
         y = rule.apply(f, x, w, b, rng)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (features,), self.param_dtype)

@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from wtfree import checkpoints, data, layers, metrics, models, optim, rules, sharding
 from wtfree import logs as logs_lib
+from wtfree import preemption as preemption_lib
 
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
@@ -367,15 +368,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f.write(config.to_json_best_effort(indent=2))
 
     manager = checkpoints.make_manager(workdir, keep=config.get("keep_checkpoints", 3))
+    preemption = preemption_lib.Preemption()
+    try:
+        return _train_loop(trainer, manager, writer, preemption)
+    finally:
+        # Whatever stops the run, the checkpoints already started are finished, never lost.
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
+        preemption.close()
+
+
+def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, float]:
+    config = trainer.config
     state = restore_or_init(trainer, manager)
     step = int(jax.device_get(state["step"]))
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
     if step == 0:
         # Step 0's alignment: before any update.
-        first = next(iter(trainer.train_batches(0)))
-        writer.write(
-            0, 0.0, _host(trainer.measure_step(state, sharding.put_batch(first, trainer.mesh)))
-        )
+        first = sharding.put_batch(next(iter(trainer.train_batches(0))), trainer.mesh)
+        writer.write(0, 0.0, _host(trainer.measure_step(state, first)))
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
@@ -408,9 +420,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
         if step % config.checkpoint_every_steps == 0 or step == total:
             checkpoints.save(manager, state)
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+        if preemption.reached(step):
+            checkpoints.save(manager, state, force=True)
+            logs_lib.say(f"Preempted: saved a checkpoint at step {step}; rerun to resume.")
+            break
     return last_test
 
 

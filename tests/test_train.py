@@ -1,0 +1,171 @@
+"""End to end under tfds.testing.mock_data: every rule trains, logs, resumes and evaluates."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from wtfree import checkpoints, logs, rules, train_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from configs import mnist_mlp  # noqa: E402
+
+
+def tiny_config(rule: str, **overrides):
+    config = mnist_mlp.get_config(f"rule={rule}")
+    config.model_kwargs.widths = (16,)
+    config.batch_size = 32
+    config.eval_batch_size = 64
+    config.num_train_steps = 6
+    config.log_every_steps = 3
+    config.checkpoint_every_steps = 3
+    config.num_devices = 1
+    config.mirror.batch_size = 8
+    config.mirror.pretrain_batches = 2
+    config.mirror.learning_rate = 0.1
+    for key, value in overrides.items():
+        target = config
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return config
+
+
+@pytest.fixture(autouse=True)
+def mock_mnist():
+    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+LAYERS = ("hidden_0", "output")
+
+
+@pytest.mark.parametrize("rule", sorted(rules.RULES))
+def test_each_rule_trains_and_writes_every_metric(rule, tmp_path):
+    train_lib.train_and_evaluate(tiny_config(rule), str(tmp_path))
+    lines = logs.read_metrics(str(tmp_path))
+    keys = set().union(*lines)
+    expected = {"step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/accuracy"}
+    expected |= {f"align/delta_angle/{layer}" for layer in LAYERS}
+    if rules.get(rule).matrix is not None:  # DFA's B is not shaped like any W
+        expected |= {
+            f"align/{k}/{layer}" for k in ("weight_angle", "norm_ratio") for layer in LAYERS
+        }
+    assert expected <= keys, expected - keys
+    last_train = [line for line in lines if "train/loss" in line][-1]
+    assert last_train["step"] == 6 and np.isfinite(last_train["train/loss"])
+    assert 0.0 <= lines[-1]["test/accuracy"] <= 1.0
+    assert os.path.exists(tmp_path / "config.json")
+    assert any(
+        name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard")
+    )
+    # Backprop's own error is backprop's: delta angles 0 (up to float noise).
+    if rule == "bp":
+        assert all(last_train[f"align/delta_angle/{layer}"] < 0.1 for layer in LAYERS)
+    elif rule != "dfa":
+        assert last_train["align/delta_angle/hidden_0"] > 1.0
+
+
+def _final_state(workdir, config):
+    trainer = train_lib.Trainer(config)
+    with checkpoints.make_manager(workdir) as manager:
+        return checkpoints.restore(manager, trainer.abstract_state)
+
+
+@pytest.mark.parametrize("rule", ["wm", "brsf"])
+def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
+    rule, tmp_path, monkeypatch
+):
+    config = tiny_config(rule, num_train_steps=12, checkpoint_every_steps=4, log_every_steps=2)
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    train_lib.train_and_evaluate(config, whole)
+
+    write = logs.MetricWriter.write
+
+    def interrupt(self, step, epoch, values):
+        if step == 6:
+            raise KeyboardInterrupt("simulated preemption")
+        return write(self, step, epoch, values)
+
+    monkeypatch.setattr(logs.MetricWriter, "write", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train_and_evaluate(config, broken)
+    monkeypatch.setattr(logs.MetricWriter, "write", write)
+    with checkpoints.make_manager(broken) as manager:
+        assert manager.latest_step() == 4
+    train_lib.train_and_evaluate(config, broken)
+
+    a, b = _final_state(whole, config), _final_state(broken, config)
+    assert int(a["step"]) == int(b["step"]) == 12
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_evaluate_checkpoint_reproduces_the_logged_test_accuracy(tmp_path):
+    config = tiny_config("kp")
+    final = train_lib.train_and_evaluate(config, str(tmp_path))
+    result = train_lib.evaluate_checkpoint(str(tmp_path))
+    assert result["step"] == 6
+    assert result["test/accuracy"] == pytest.approx(final["test/accuracy"], abs=1e-7)
+    assert result["test/loss"] == pytest.approx(final["test/loss"], rel=1e-6)
+    with open(tmp_path / "eval_6.json") as f:
+        assert json.load(f)["test/accuracy"] == result["test/accuracy"]
+
+
+def test_mirror_step_moves_b_towards_w():
+    config = tiny_config(
+        "wm", **{"mirror.learning_rate": 0.01, "mirror.batch_size": 64, "mirror.noise_std": 1.0}
+    )
+    trainer = train_lib.Trainer(config)
+    state = trainer.fresh_state()
+
+    def angle(s):
+        w, b = s["params"]["hidden_0"]["kernel"], s["feedback"]["hidden_0"]["kernel"]
+        return _angle(w, b)
+
+    before = angle(state)
+    for i in range(20):
+        state = trainer.mirror_step(state, jax.random.PRNGKey(i))
+    assert before > 80 and angle(state) < before - 20
+
+
+def _angle(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    return float(np.degrees(np.arccos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))))
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--config=configs/mnist_mlp.py:rule=xx"], "unknown rule 'xx'; known rules: bp"),
+        (["--config=configs/mnist_mlp.py", "--config.optimizr.lr=1"], "unknown config key"),
+        (["--config=configs/mnist_mlp.py", "--config.no_such_key=1"], "unknown config key"),
+        (
+            ["--config=configs/mnist_mlp.py", "--config.model=xx"],
+            "unknown model 'xx'; known models",
+        ),
+        (["--config=configs/mnist_mlp.py", "--config.dataset=xx"], "unknown dataset 'xx'"),
+        (["--config=configs/mnist_mlp.py:rul=kp"], "bad config argument 'rul=kp'"),
+    ],
+)
+def test_bad_configs_exit_2_with_one_line(args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", f"--workdir={tmp_path}", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,38 @@
+"""Preemption: on SIGTERM every process agrees on a step, checkpoints there and stops."""
+
+import signal
+
+import jax
+from jax.experimental import multihost_utils
+
+
+class Preemption:
+    """Tells the train loop when to stop for a preemption, at the same step on every process.
+
+    Multi-process runs use JAX's own preemption sync manager, which ``jax.distributed``
+    installs with its SIGTERM notifier: ``reached_preemption_sync_point(step)`` becomes true on
+    every process at the same step once any of them got the signal. A single process catches
+    SIGTERM itself (restoring the previous handler on ``close``).
+    """
+
+    def __init__(self):
+        self.distributed = jax.process_count() > 1
+        self._signalled = False
+        self._previous = None
+        if not self.distributed:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        del signum, frame
+        self._signalled = True
+
+    def reached(self, step: int) -> bool:
+        """Whether to checkpoint at ``step`` and stop; call it at every step on every process."""
+        if self.distributed:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._signalled
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
