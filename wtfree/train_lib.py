@@ -194,6 +194,10 @@ def make_mirror_step(model, mesh, input_shape, *, learning_rate, decay, noise_st
     """
 
     def hebbian(variables, rng):
+        # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
+        # w.r.t. a device-invariant input sums over devices by itself (its transpose is a
+        # psum), which would make the pmean below a sum.
+        variables = jax.tree.map(lambda v: lax.pcast(v, sharding.DATA, to="varying"), variables)
         rng = jax.random.fold_in(rng, lax.axis_index(sharding.DATA))
         x = jnp.zeros(input_shape, jnp.float32)
         _, sown = _apply(model, variables, x, False, {layers.MIRROR_RNG: rng}, [layers.MIRROR])

@@ -1,8 +1,15 @@
-"""Models by name: each module exports `Model`."""
+"""Models by name: each module exports `Model`; ResNet presets fix its structural fields."""
 
-from wtfree.models import mlp
+from wtfree.models import convnet, mlp, resnet
 
-MODELS = {"mlp": mlp.Model}
+MODELS = {
+    "mlp": mlp.Model,
+    "lenet": convnet.Model,
+    "resnet20": resnet.ResNet20,
+    "resnet56": resnet.ResNet56,
+    "resnet18": resnet.ResNet18,
+    "resnet50": resnet.ResNet50,
+}
 
 
 def get(name: str):

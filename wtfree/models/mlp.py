@@ -48,7 +48,7 @@ class Model(nn.Module):
         act = get_activation(self.activation)
         direct = rules.get(self.rule).direct
         x = x.reshape(x.shape[0], -1)
-        carrier = jnp.zeros((x.shape[0], self.num_classes), x.dtype)
+        carrier = jnp.zeros((x.shape[0], self.num_classes), self.dtype or jnp.float32)
         sizes = [*self.widths, self.num_classes]
         for i, width in enumerate(sizes):
             last = i == len(sizes) - 1

@@ -48,8 +48,9 @@ def _direct_feedback_fwd(h, carrier, b):
 
 def _direct_feedback_bwd(res, g):
     shape, b = res
-    _, error = g
-    dh = (error @ b).reshape(shape).astype(b.dtype)
+    dh_above, error = g
+    # The error above is dropped, but dh keeps its dtype (bfloat16 activations, f32 B).
+    dh = (error @ b).reshape(shape).astype(dh_above.dtype)
     return dh, error, jnp.zeros_like(b)
 
 

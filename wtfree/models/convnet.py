@@ -1,0 +1,79 @@
+"""A LeNet-5-style convnet whose conv and dense layers learn by a rule."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wtfree import layers, rules
+from wtfree.models.mlp import get_activation
+
+
+class Model(nn.Module):
+    """LeNet-5: conv 5x5 6, max pool 2x2, conv 5x5 16, max pool 2x2, dense 120, dense 84, logits.
+
+    With "VALID" convs a 32x32 input (CIFAR) reaches the dense layers as 5x5x16 as in LeCun et
+    al. 1998; a 28x28 one (MNIST) as 4x4x16. The dense layers take whatever size arrives.
+
+    Attributes:
+      num_classes: outputs.
+      rule: the learning rule of every layer but the last.
+      output_rule: the rule of the last layer (None: ``rule``).
+      activation: ``relu``, ``sigmoid`` or ``tanh``.
+      padding: of both convs, "VALID" or "SAME".
+      kernel_scale, kernel_mode, kernel_distribution: the variance-scaling init of W and B
+        (He's, for ReLU, by default).
+    """
+
+    num_classes: int
+    rule: str = "bp"
+    output_rule: str | None = None
+    activation: str = "relu"
+    padding: str = "VALID"
+    kernel_scale: float = 2.0
+    kernel_mode: str = "fan_in"
+    kernel_distribution: str = "truncated_normal"
+    dtype: jnp.dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # no dropout or batch norm
+        act = get_activation(self.activation)
+        direct = rules.get(self.rule).direct
+        init = dict(
+            kernel_scale=self.kernel_scale,
+            kernel_mode=self.kernel_mode,
+            kernel_distribution=self.kernel_distribution,
+            dtype=self.dtype,
+        )
+        carrier = jnp.zeros((x.shape[0], self.num_classes), self.dtype or jnp.float32)
+        hidden = 0
+
+        def activate(x, carrier):
+            nonlocal hidden
+            x = act(x)
+            if direct:
+                x, carrier = layers.DirectFeedback(name=f"direct_{hidden}")(x, carrier)
+            hidden += 1
+            return x, carrier
+
+        for i, features in enumerate((6, 16)):
+            x = layers.Conv(
+                features=features,
+                kernel_size=(5, 5),
+                padding=self.padding,
+                rule=self.rule,
+                name=f"conv_{i}",
+                **init,
+            )(x)
+            x, carrier = activate(x, carrier)
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        for i, features in enumerate((120, 84)):
+            x = layers.Dense(features=features, rule=self.rule, name=f"dense_{i}", **init)(x)
+            x, carrier = activate(x, carrier)
+        x = layers.Dense(
+            features=self.num_classes, rule=self.output_rule or self.rule, name="output", **init
+        )(x)
+        if direct:
+            x = rules.direct_feedback_output(x, carrier)
+        return x
