@@ -8,12 +8,28 @@ Rerunning the same command resumes from the workdir's latest checkpoint.
 
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from wtfree import config_lib, logs, train_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where logs and checkpoints go.", required=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Call jax.distributed.initialize() first: one process per host. With no other flag it "
+    "detects the cluster itself (TPU pods, SLURM, Open MPI, GKE).",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (implies --distributed)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in all (with --coordinator_address)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (with --coordinator_address)."
+)
 config_flags.DEFINE_config_file(
     "config", None, "A config file, with an optional :arg.", lock_config=True
 )
@@ -43,6 +59,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
+    if _DISTRIBUTED.value or _COORDINATOR.value:
+        jax.distributed.initialize(
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
     config = flags.FLAGS.config
     if not flags.FLAGS["verbosity"].present:
         logs.quiet()

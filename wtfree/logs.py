@@ -5,6 +5,7 @@ import logging as std_logging
 import os
 import time
 
+import jax
 from absl import logging
 
 
@@ -69,6 +70,6 @@ def quiet() -> None:
 
 
 def say(line: str) -> None:
-    """A line for the person at the terminal (stdout, flushed); absl's log gets it too."""
-    print(line, flush=True)
-    logging.debug(line)
+    """A line for the person at the terminal (stdout, flushed), from the first process only."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
