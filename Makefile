@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-.PHONY: install test lint
+.PHONY: install test lint demo
 install: $(VENV)/.installed
 
 lint: install
@@ -17,3 +17,8 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q
+
+# The seed experiment's four rules side by side for 2 epochs, then the comparison figure.
+demo: install
+	$(PY) -m wtfree.sweep configs/sweeps/mnist_demo.py --workdir runs/demo
+	$(PY) -m wtfree.plot runs/demo/bp runs/demo/fa runs/demo/wm runs/demo/kp --out runs/demo/report.png
