@@ -277,12 +277,13 @@ class Trainer:
             self.abstract_state,
         )
         top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
-        self.train_step = jax.jit(
-            make_train_step(self.model, self.tx, config.loss),
+        train_step = make_train_step(self.model, self.tx, config.loss)
+        step_shardings = dict(
             in_shardings=(replicated, batch),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
+        self.train_step = jax.jit(train_step, **step_shardings)
         self.measure_step = jax.jit(make_measure_step(self.model, config.loss))
         self.eval_step = jax.jit(make_eval_step(self.model, config.loss, top_k))
         self.uses_mirror = any(
@@ -291,18 +292,23 @@ class Trainer:
         )
         if self.uses_mirror:
             m = config.mirror
-            per_device = (m.batch_size, *self.ds.image_shape)
-            self.mirror_step = jax.jit(
-                make_mirror_step(
-                    self.model,
-                    self.mesh,
-                    per_device,
-                    learning_rate=m.learning_rate,
-                    decay=m.decay,
-                    noise_std=m.noise_std,
-                ),
-                donate_argnums=0,
+            mirror_step = make_mirror_step(
+                self.model,
+                self.mesh,
+                (m.batch_size, *self.ds.image_shape),
+                learning_rate=m.learning_rate,
+                decay=m.decay,
+                noise_std=m.noise_std,
             )
+            self.mirror_step = jax.jit(mirror_step, donate_argnums=0)
+
+            def train_mirror_step(state: State, batch):
+                """A training step, then a mirror batch, as one dispatch."""
+                rng = _mirror_rng(state, 1, state["step"])
+                state, measurements = train_step(state, batch)
+                return mirror_step(state, rng), measurements
+
+            self.train_mirror_step = jax.jit(train_mirror_step, **step_shardings)
         self.rng = rng
 
     def fresh_state(self) -> State:
@@ -401,9 +407,10 @@ def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, floa
         log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == total
         if log_now:
             alignment = trainer.measure_step(state, batch)
-        state, measurements = trainer.train_step(state, batch)
         if trainer.uses_mirror and (step + 1) % config.mirror.every == 0:
-            state = trainer.mirror_step(state, _mirror_rng(state, 1, step))
+            state, measurements = trainer.train_mirror_step(state, batch)
+        else:
+            state, measurements = trainer.train_step(state, batch)
         step += 1
         if step % 8 == 0:
             # With several CPU devices, queueing dozens of collective steps without waiting
