@@ -3,6 +3,7 @@
 import math
 from functools import partial
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -212,10 +213,28 @@ def test_direct_feedback_alignment_closed_form():
     _assert_close(grads["output"]["kernel"], h.T @ e, rtol=1e-4)
 
 
-def test_kp_matched_decay_closes_the_gap_in_closed_form():
+class _ConvNet(nn.Module):
+    """conv -> tanh -> conv -> mean: two KP conv layers."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        del train
+        x = jnp.tanh(layers.Conv(features=4, rule="kp", name="conv_0")(x))
+        x = layers.Conv(features=3, rule="kp", name="output")(x)
+        return x.mean(axis=(1, 2))
+
+
+@pytest.mark.parametrize(
+    "model,x_shape",
+    [
+        (mlp.Model(num_classes=3, widths=(6,), rule="kp", activation="tanh"), (8, 5)),
+        (_ConvNet(), (8, 6, 6, 2)),
+    ],
+    ids=["dense", "conv"],
+)
+def test_kp_matched_decay_closes_the_gap_in_closed_form(model, x_shape):
     """After N SGD steps with decay, ||W - B|| = (1 - lr*decay)^N ||W0 - B0|| per layer."""
-    model = mlp.Model(num_classes=3, widths=(6,), rule="kp", activation="tanh")
-    x = jax.random.normal(jax.random.key(0), (8, 5))
+    x = jax.random.normal(jax.random.key(0), x_shape)
     labels = jnp.arange(8) % 3
     init = model.init(jax.random.key(1), x)
     variables = {"params": init["params"], "feedback": init["feedback"]}
@@ -235,13 +254,13 @@ def test_kp_matched_decay_closes_the_gap_in_closed_form():
 
     for _ in range(steps):
         variables, opt_state = step(variables, opt_state)
-    for name in ("hidden_0", "output"):
-        gap0 = jnp.linalg.norm(init["params"][name]["kernel"] - init["feedback"][name]["kernel"])
-        gap = jnp.linalg.norm(
-            variables["params"][name]["kernel"] - variables["feedback"][name]["kernel"]
-        )
+    assert set(init["feedback"]) == set(init["params"])  # one B per layer
+    for name in init["feedback"]:
+        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["kernel"]
+        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["kernel"]
+        gap0, gap = jnp.linalg.norm(w0 - b0), jnp.linalg.norm(w - b)
         np.testing.assert_allclose(gap, (1 - lr * decay) ** steps * gap0, rtol=1e-4)
-        assert not np.allclose(variables["params"][name]["kernel"], init["params"][name]["kernel"])
+        assert not np.allclose(w, w0)
 
 
 def test_fixed_feedback_is_not_moved_by_the_optimizer():
