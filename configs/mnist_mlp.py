@@ -27,6 +27,7 @@ Weight-Transport):
 
 import ml_collections
 
+from configs import common
 from wtfree import config_lib
 
 LEARNING_RATES = {"bp": 0.2, "fa": 0.2, "wm": 0.05, "kp": 0.3}
@@ -34,14 +35,14 @@ LEARNING_RATES = {"bp": 0.2, "fa": 0.2, "wm": 0.05, "kp": 0.3}
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(arg, rule="bp")
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.dataset = "mnist"
-    config.data_dir = ml_collections.config_dict.placeholder(str)
-    config.idx_dir = ml_collections.config_dict.placeholder(str)
-    config.augment = False
-
-    config.model = "mlp"
+    config = common.base_config(
+        rule=arg.rule,
+        dataset="mnist",
+        model="mlp",
+        batch_size=128,
+        num_epochs=20,
+        learning_rate=LEARNING_RATES.get(arg.rule, 0.2),
+    )
     config.model_kwargs = ml_collections.ConfigDict(
         dict(
             widths=(500,),
@@ -53,39 +54,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             random_bias=True,
         )
     )
-    config.rule = arg.rule
-    config.output_rule = ml_collections.config_dict.placeholder(str)
-    config.dtype = "float32"
     config.loss = "sigmoid_xent"
-
-    config.batch_size = 128
-    config.eval_batch_size = 1000
-    config.num_epochs = 20
-    config.num_train_steps = 0  # > 0 overrides num_epochs
-
-    config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.learning_rate = LEARNING_RATES.get(arg.rule, 0.2)
-    config.optimizer.momentum = 0.0
-    config.optimizer.nesterov = False
-    config.optimizer.weight_decay = 0.0
-    config.optimizer.schedule = "constant"
-    config.optimizer.warmup_epochs = 0.0
-    config.optimizer.boundaries = ()
-
-    # Weight mirrors (rule=wm): one epoch's worth of mirror batches before training, then one
-    # mirror batch after every training step.
-    config.mirror = ml_collections.ConfigDict()
-    config.mirror.batch_size = 128
-    config.mirror.pretrain_batches = 60000 // 128
-    config.mirror.every = 1
-    config.mirror.learning_rate = 0.0025
-    config.mirror.decay = 0.0
-    config.mirror.noise_std = 0.1 / 12**0.5
-
-    config.log_every_steps = 100
-    config.eval_every_steps = 10**9  # besides every epoch's end
-    config.checkpoint_every_steps = 1000
-    config.keep_checkpoints = 3
-    config.init_from = ml_collections.config_dict.placeholder(str)
-    config.num_devices = ml_collections.config_dict.placeholder(int)
+    # Weight mirrors (rule=wm) as the seed runs them: one epoch's worth of mirror batches before
+    # training, then one after every training step; no decay.
+    common.set_mirror(
+        config,
+        batch_size=128,
+        pretrain_batches=60000 // 128,
+        decay=0.0,
+        noise_std=0.1 / 12**0.5,
+        learning_rate=0.01 / 4,
+    )
     return config

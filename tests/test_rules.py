@@ -299,3 +299,18 @@ def test_each_jitted_op_traces_once(rule):
 def test_unknown_rule_error_lists_the_known_rules():
     with pytest.raises(ValueError, match=r"unknown rule 'xx'; known rules: bp, brsf, dfa, fa"):
         rules.get("xx")
+
+
+def test_conv_hebbian_has_the_scale_of_a_dense_layer():
+    """Averaged over output positions, E[H] = n W for the centre tap (valid everywhere)."""
+    _, _, w, _, _ = _inputs("conv")
+    n = 4
+    keys = jax.random.split(jax.random.key(2), 400)
+    mean_h = jnp.mean(
+        jax.vmap(lambda k: rules.hebbian(conv, w, jax.random.normal(k, (n, 8, 8, 3))))(keys), 0
+    )
+    np.testing.assert_allclose(mean_h[1, 1] / n, w[1, 1], atol=0.1 * float(jnp.abs(w).max()))
+    # A corner tap sees the input at 7x7 of the 8x8 positions.
+    np.testing.assert_allclose(
+        mean_h[0, 0] / n, w[0, 0] * 49 / 64, atol=0.1 * float(jnp.abs(w).max())
+    )

@@ -10,6 +10,10 @@ of the offline MNIST copy.
 
 def get_sweep() -> list[dict]:
     return [
-        {"config": f"configs/mnist_mlp.py:rule={rule}", "overrides": {"num_epochs": 2}, "name": rule}
+        {
+            "config": f"configs/mnist_mlp.py:rule={rule}",
+            "overrides": {"num_epochs": 2},
+            "name": rule,
+        }
         for rule in ("bp", "fa", "wm", "kp")
     ]

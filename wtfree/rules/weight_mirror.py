@@ -1,5 +1,7 @@
 """Weight mirrors: B learns W from the Hebbian product of noise and its echo."""
 
+import math
+
 import jax
 
 from wtfree.rules._feedback import LinearFn, feedback_linear
@@ -38,15 +40,18 @@ def hebbian(f: LinearFn, w: Array, x: Array) -> Array:
     r"""The mirror mode's Hebbian product for one layer fed the input x.
 
     .. math::
-      H = J_W f(x, \cdot)^\top f(x, W) \;(= x^\top x W \text{ for dense}).
+      H = \frac{1}{P} J_W f(x, \cdot)^\top f(x, W) \;(= x^\top x W \text{ for dense}),
 
-    For zero-mean noise x with covariance :math:`\sigma^2 I`,
-    :math:`\mathbb{E}[H] = n\sigma^2 W` (n examples; for convolutions, the same holds per
-    kernel tap up to border effects), which is why B moved along H aligns with W.
-    The bias is left out: the mirror mode blocks it.
+    summed over the batch and averaged over the P output positions of each example (P = 1 for
+    dense; a convolution's output height times width), so that a conv kernel's H has the scale
+    of a dense layer's fed the same batch and one mirror setting fits every layer. For zero-mean
+    noise x with covariance :math:`\sigma^2 I`, :math:`\mathbb{E}[H] = n\sigma^2 W` for n
+    examples (for a convolution, per kernel tap up to border effects), which is why B moved
+    along H aligns with W. The bias is left out: the mirror mode blocks it.
 
     Args:
-      f: the linear op, ``f(x, W) -> y``.
+      f: the linear op, ``f(x, W) -> y``; y's first axis is the batch and its last the
+        features.
       w: the forward weights W.
       x: the noise fed to the layer.
 
@@ -55,7 +60,8 @@ def hebbian(f: LinearFn, w: Array, x: Array) -> Array:
     """
     y, vjp_w = jax.vjp(lambda w_: f(x, w_), w)
     (h,) = vjp_w(y)
-    return h
+    positions = math.prod(y.shape[1:-1])
+    return h / positions if positions > 1 else h
 
 
 def mirror_update(
@@ -73,8 +79,11 @@ def mirror_update(
 
     .. math::
       x \sim \mathcal{N}(0, \sigma^2 I), \quad y = f(x, W), \quad
-      B \leftarrow B + \eta\, J_W f(x, \cdot)^\top y - \lambda B
-      \;(= B + \eta\, x^\top y - \lambda B \text{ for dense}).
+      B \leftarrow B + \eta\, H(x) - \lambda B
+      \;(= B + \eta\, x^\top y - \lambda B \text{ for dense}),
+
+    with H the Hebbian product of :func:`hebbian` (for a convolution, averaged over output
+    positions).
 
     Args:
       f: the linear op, ``f(x, W) -> y``.

@@ -1,0 +1,94 @@
+"""What every config shares: the keys train_lib reads, with their usual values."""
+
+import ml_collections
+
+placeholder = ml_collections.config_dict.placeholder
+
+
+def base_config(
+    *,
+    rule: str,
+    dataset: str,
+    model: str,
+    batch_size: int,
+    num_epochs: int,
+    learning_rate: float,
+    output_rule: str | None = None,
+) -> ml_collections.ConfigDict:
+    """A config with every key; experiments override what they need."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.dataset = dataset
+    config.data_dir = placeholder(str)
+    config.idx_dir = placeholder(str)  # MNIST-family IDX files instead of TFDS
+    config.augment = False
+
+    config.model = model
+    config.model_kwargs = ml_collections.ConfigDict()
+    config.rule = rule
+    config.output_rule = output_rule or placeholder(str)  # None: `rule`
+    config.dtype = "float32"
+    config.loss = "softmax_xent"
+
+    config.batch_size = batch_size  # global
+    config.eval_batch_size = 1000
+    config.num_epochs = num_epochs
+    config.num_train_steps = 0  # > 0 overrides num_epochs
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.learning_rate = learning_rate
+    config.optimizer.momentum = 0.0
+    config.optimizer.nesterov = False
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.boundaries = ()
+
+    config.mirror = ml_collections.ConfigDict()
+    set_mirror(config, batch_size=128, pretrain_batches=0, decay=0.01)
+
+    config.log_every_steps = 100
+    config.eval_every_steps = 10**9  # besides every epoch's end
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.init_from = placeholder(str)
+    config.num_devices = placeholder(int)
+    return config
+
+
+def set_mirror(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int,
+    pretrain_batches: int,
+    decay: float,
+    noise_std: float = 1.0,
+    every: int = 1,
+    learning_rate: float | None = None,
+) -> None:
+    """Weight-mirror settings (rule=wm): a mirror batch of ``batch_size`` noise vectors per
+    device every ``every`` steps, and ``pretrain_batches`` before training.
+
+    B's fixed point is ``learning_rate * batch_size * noise_std**2 / decay`` times W (the
+    Hebbian product sums over the batch and averages over a conv's positions), so the default
+    learning rate, ``decay / (batch_size * noise_std**2)``, settles B at W itself in every layer.
+    """
+    m = config.mirror
+    m.batch_size = batch_size
+    m.pretrain_batches = pretrain_batches
+    m.every = every
+    m.decay = decay
+    m.noise_std = noise_std
+    m.learning_rate = (
+        decay / (batch_size * noise_std**2) if learning_rate is None else learning_rate
+    )
+
+
+def set_runlocal(config: ml_collections.ConfigDict, *, batch_size: int, steps: int) -> None:
+    """A few small steps, to see a config run on a CPU."""
+    config.batch_size = batch_size
+    config.num_train_steps = steps
+    config.log_every_steps = max(1, steps // 4)
+    config.checkpoint_every_steps = steps
+    config.mirror.batch_size = 8
+    config.mirror.pretrain_batches = 2
