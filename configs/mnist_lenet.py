@@ -16,8 +16,8 @@ an epoch of 468 steps takes 20-50 s (wm about 90 s: a mirror batch after every s
 
 Hyperparameters, the same for every rule unless said:
 - SGD with momentum 0.9, learning rate 0.01, batch 128, constant schedule (so the accuracy
-  after epoch k does not depend on how many epochs a run has): common LeNet settings. fa
-  diverges at 0.01 (measured) and gets biotorch's LeNet rate, 0.001.
+  after epoch k does not depend on how many epochs a run has): common LeNet settings. fa and
+  dfa diverge at 0.01 (measured) and get 0.001 (biotorch's LeNet rate for fa).
 - Weight decay 5e-4 on kernels (W, and KP's B with the same factor: Akrout et al. 2019, eqs.
   16-17); with so few steps it barely aligns KP's B, which moves by W's gradient anyway.
 - Softmax cross-entropy; He init (truncated normal) of W and of random B (the model's default).
@@ -34,9 +34,9 @@ import ml_collections
 from configs import common
 from wtfree import config_lib
 
-# fa diverges at 0.01 (measured: the loss passes 1e5 within 100 steps); 0.001 is biotorch's
-# LeNet rate for it (benchmark_configs/cifar10/le_net/sgd/fa.yaml).
-LEARNING_RATES = {"fa": 0.001}
+# fa and dfa diverge at 0.01 (measured: the loss passes 1e5 within 200 steps) and train at
+# 0.001, which is also biotorch's LeNet rate for fa (benchmark_configs/cifar10/le_net/sgd/fa.yaml).
+LEARNING_RATES = {"fa": 0.001, "dfa": 0.001}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
