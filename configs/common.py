@@ -32,6 +32,7 @@ def base_config(
 
     config.batch_size = batch_size  # global
     config.eval_batch_size = 1000
+    config.eval_steps = 0  # > 0: evaluate on the first eval_steps batches only
     config.num_epochs = num_epochs
     config.num_train_steps = 0  # > 0 overrides num_epochs
 
@@ -90,5 +91,6 @@ def set_runlocal(config: ml_collections.ConfigDict, *, batch_size: int, steps: i
     config.num_train_steps = steps
     config.log_every_steps = max(1, steps // 4)
     config.checkpoint_every_steps = steps
+    config.eval_steps = 2
     config.mirror.batch_size = 8
     config.mirror.pretrain_batches = 2

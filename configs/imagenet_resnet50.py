@@ -8,8 +8,8 @@ ImageNet must be prepared by the user first: TFDS cannot download it. Put ILSVRC
 and ILSVRC2012_img_val.tar in ~/tensorflow_datasets/downloads/manual/ (or <data_dir>/downloads/
 manual/) and run `tfds build imagenet2012 --file_format=array_record` (with --data_dir to
 match `--config.data_dir`); wtfree reads it with `tfds.data_source`, which needs array_record.
-`runlocal=True` still reads the prepared dataset, and its final evaluation still covers all
-50000 validation images (there is no config key for a smaller evaluation).
+`runlocal=True` still reads the prepared dataset; it evaluates on 2 batches only
+(`config.eval_steps`).
 
 `rule` is any of wtfree.rules.names(); `output_rule` (default: `rule`) the last layer's. DFA
 routes the error to the stem and to every block through its own fixed B: about 5.7G entries for

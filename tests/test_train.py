@@ -169,3 +169,16 @@ def test_bad_configs_exit_2_with_one_line(args, expected, tmp_path):
     assert len(lines) == 1, proc.stderr
     assert expected in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_eval_steps_evaluates_the_first_batches_only():
+    config = tiny_config("fa", eval_steps=1)
+    trainer = train_lib.Trainer(config)
+    state = trainer.fresh_state()
+    result = trainer.evaluate(state)
+    first = next(trainer.ds.eval_batches(split="test", global_batch_size=config.eval_batch_size))
+    variables = {k: state[k] for k in ("params", "feedback")}
+    logits = trainer.model.apply(variables, first["image"])
+    expected = float(np.mean(np.argmax(logits, -1) == first["label"]))
+    assert result["test/accuracy"] == pytest.approx(expected, abs=1e-6)
+    assert trainer.ds.num_examples("test") > config.eval_batch_size

@@ -1,6 +1,7 @@
 """The training loop: init_state, train_step, mirror_step, eval_step, train_and_evaluate."""
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -221,17 +222,19 @@ def _mirror_rng(state: State, stream: int, index) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(state["rng"], stream), index)
 
 
-def evaluate(eval_step, state, ds, mesh, batch_size: int, split: str = "test") -> dict:
-    """Runs ``eval_step`` over a whole split; returns ``{"<split>/loss": ..., ...}``."""
+def evaluate(
+    eval_step, state, ds, mesh, batch_size: int, split: str = "test", max_batches: int = 0
+) -> dict:
+    """Runs ``eval_step`` over a split (its first ``max_batches`` batches if > 0); returns
+    ``{"<split>/loss": ..., ...}``."""
     totals = None
-    for i, batch in enumerate(
-        ds.eval_batches(
-            split=split,
-            global_batch_size=batch_size,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    ):
+    batches = ds.eval_batches(
+        split=split,
+        global_batch_size=batch_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    for i, batch in enumerate(itertools.islice(batches, max_batches or None)):
         sums = eval_step(state, sharding.put_batch(batch, mesh))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
         if i % 8 == 7:
@@ -340,6 +343,7 @@ class Trainer:
             self.mesh,
             self.config.get("eval_batch_size", 1000),
             split,
+            max_batches=self.config.get("eval_steps", 0),
         )
 
 
