@@ -9,10 +9,10 @@ r"""LeNet-5 (ReLU) on MNIST or Fashion-MNIST with any rule, one SGD recipe for a
 fashion_mnist (TFDS, or the IDX files of Debian's package dataset-fashion-mnist through
 `--config.idx_dir`); `runlocal=True` trains 20 steps of batch 32, for a quick look.
 
-Measured on a shared, busy 2-core CPU (docs/lenet_results.md has the table and the commands):
-an epoch of 468 steps takes 20-50 s (wm about 90 s: a mirror batch after every step). After
-3 epochs MNIST is at 98.17% test accuracy for bp, 97.76 usf, 97.42 kp, 95.23 wm, 90.76 fa and
-82.33 dfa; Fashion-MNIST at 85.58 bp, 85.34 usf, 83.69 kp, 77.71 wm, 73.89 fa, 64.59 dfa.
+Measured (docs/lenet_results.md has the table and the commands): an epoch of 468 steps takes
+12-120 s on a shared 2-core CPU. After 3 epochs MNIST is at 98.17% test accuracy for bp, 97.76
+usf, 97.42 kp, 95.91 wm, 90.76 fa and 86.84 dfa; Fashion-MNIST at 85.58 bp, 85.34 usf, 83.69
+kp, 73.89 fa, 71.30 dfa, while wm collapsed in epoch 3 (10.00; it reached 76.33 after epoch 1).
 
 Hyperparameters, the same for every rule unless said:
 - SGD with momentum 0.9, learning rate 0.01, batch 128, constant schedule (so the accuracy
