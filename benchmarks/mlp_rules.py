@@ -67,17 +67,11 @@ def make_fused_wm_step(trainer: train_lib.Trainer, sign_noise: bool = False):
     Gaussian noise (one word per entry, then erfinv). Both have mean 0 and covariance I, which
     is all E[H] = n sigma^2 W needs.
     """
+    if not sign_noise:
+        return trainer.train_mirror_step  # what the train loop calls
     config = trainer.config
     m = config.mirror
     train_step = train_lib.make_train_step(trainer.model, trainer.tx, config.loss)
-    mirror_step = train_lib.make_mirror_step(
-        trainer.model,
-        trainer.mesh,
-        (m.batch_size, *trainer.ds.image_shape),
-        learning_rate=m.learning_rate,
-        decay=m.decay,
-        noise_std=m.noise_std,
-    )
 
     def sign_mirror_step(state, rng):
         feedback = traverse_util.flatten_dict(state["feedback"])
@@ -99,8 +93,7 @@ def make_fused_wm_step(trainer: train_lib.Trainer, sign_noise: bool = False):
         # inside the jitted step instead.
         rng = train_lib._mirror_rng(state, 1, state["step"])
         state, measurements = train_step(state, batch)
-        state = sign_mirror_step(state, rng) if sign_noise else mirror_step(state, rng)
-        return state, measurements
+        return sign_mirror_step(state, rng), measurements
 
     replicated = sharding.replicated(trainer.mesh)
     return jax.jit(
