@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from wtfree import checkpoints, logs, rules, train_lib
+from wtfree import checkpoints, logs, metrics, rules, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -128,17 +128,12 @@ def test_mirror_step_moves_b_towards_w():
 
     def angle(s):
         w, b = s["params"]["hidden_0"]["kernel"], s["feedback"]["hidden_0"]["kernel"]
-        return _angle(w, b)
+        return float(metrics.angle(w, b))
 
     before = angle(state)
     for i in range(20):
         state = trainer.mirror_step(state, jax.random.PRNGKey(i))
     assert before > 80 and angle(state) < before - 20
-
-
-def _angle(a, b):
-    a, b = np.ravel(a), np.ravel(b)
-    return float(np.degrees(np.arccos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))))
 
 
 @pytest.mark.parametrize(

@@ -257,7 +257,6 @@ class Trainer:
         self.model = make_model(config, self.ds.num_classes)
         self.steps_per_epoch = self.ds.steps_per_epoch(config.batch_size)
         self.total_steps = config.get("num_train_steps") or config.num_epochs * self.steps_per_epoch
-        self.input_shape = (config.batch_size, *self.ds.image_shape)
 
         rng = jax.random.PRNGKey(config.seed)
         # Which B train with W shows in the structure alone, so no real init is needed.
@@ -398,14 +397,18 @@ def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, floa
     state = restore_or_init(trainer, manager)
     step = int(jax.device_get(state["step"]))
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
+    batches = trainer.train_batches(step)
     if step == 0:
-        # Step 0's alignment: before any update.
-        first = sharding.put_batch(next(iter(trainer.train_batches(0))), trainer.mesh)
-        writer.write(0, 0.0, _host(trainer.measure_step(state, first)))
+        # Step 0's alignment, before any update, on the first batch (which then trains too:
+        # one iterator, so a pipeline with worker processes starts once).
+        first = next(batches)
+        writer.write(
+            0, 0.0, _host(trainer.measure_step(state, sharding.put_batch(first, trainer.mesh)))
+        )
+        batches = itertools.chain([first], batches)
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
-    batches = trainer.train_batches(step)
     while step < total:
         batch = sharding.put_batch(next(batches), trainer.mesh)
         log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == total
