@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from wtfree import config_lib, logs, train_lib
+from wtfree import config_lib, errors, logs, train_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where logs and checkpoints go.", required=True)
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -35,9 +35,9 @@ config_flags.DEFINE_config_file(
 )
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, exit_code: int = 2) -> None:
     print(f"train.py: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(exit_code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -70,10 +70,14 @@ def main(argv: list[str]) -> None:
         logs.quiet()
     try:
         config_lib.validate(config)
+        config_lib.validate_resources(config)
     except ValueError as e:
         _fail(str(e))
     logs.say(f"Config:\n{config}")
-    train_lib.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        train_lib.train_and_evaluate(config, _WORKDIR.value)
+    except errors.RunError as e:  # a bad workdir, no readable checkpoint, a diverged run
+        _fail(str(e), e.exit_code)
 
 
 if __name__ == "__main__":

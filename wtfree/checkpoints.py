@@ -1,17 +1,22 @@
-"""Orbax checkpoints: save, and restore the workdir's latest, else `init_from`, else nothing."""
+"""Orbax checkpoints: save, and restore the newest readable one, setting aside unreadable ones."""
 
-import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+from wtfree import errors, logs, paths
+
+# Where unreadable checkpoints go, next to checkpoints/ (never deleted).
+UNREADABLE = "unreadable_checkpoints"
 
 
-def make_manager(workdir: str, *, keep: int = 3) -> ocp.CheckpointManager:
+def make_manager(workdir: epath.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
     """A manager for ``workdir/checkpoints`` keeping the last ``keep`` checkpoints."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
-    )
+    return ocp.CheckpointManager(paths.as_path(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, state, *, force: bool = False) -> None:
@@ -23,21 +28,91 @@ def save(manager: ocp.CheckpointManager, state, *, force: bool = False) -> None:
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
     """Restores the checkpoint at ``step`` (default the latest) into ``abstract_state``'s
-    shapes and shardings; returns None when there is none."""
+    shapes and shardings; returns None when there is none.
+
+    Raises:
+      errors.RunError: no checkpoint at ``step``, or it cannot be read (one line: why).
+    """
     step = manager.latest_step() if step is None else step
     if step is None:
         return None
     if step not in manager.all_steps():
-        raise ValueError(f"no checkpoint at step {step}; have {sorted(manager.all_steps())}")
-    return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        raise errors.RunError(
+            f"no checkpoint at step {step} in {manager.directory}; "
+            f"have {sorted(manager.all_steps())}"
+        )
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+    except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
+        raise errors.RunError(
+            f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
+        ) from e
 
 
-def restore_or_none(directory: str, abstract_state):
+def _move_tree(src: epath.Path, dst: epath.Path) -> None:
+    """Moves a directory; on cloud storage (no directory rename) file by file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if not paths.is_url(src):
+        src.rename(dst)
+        return
+    for root, _, files in src.walk():
+        for name in files:
+            target = dst / epath.Path(root).relative_to(src) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (epath.Path(root) / name).copy(target)
+    src.rmtree()
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    """Moves checkpoint ``step`` out of the manager's sight, to ``unreadable_checkpoints/``."""
+    directory = epath.Path(manager.directory)
+    target = directory.parent / UNREADABLE / str(step)
+    if target.exists():
+        target = target.with_name(f"{step}-{int(time.time())}")
+    _move_tree(directory / str(step), target)
+    return target
+
+
+def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state):
+    """The newest checkpoint that can be read, or None when there is no checkpoint.
+
+    Each unreadable one (a host died while writing it, a disk filled up) is reported in one
+    warning line (step and why) and set aside, never deleted.
+
+    Raises:
+      errors.RunError: there are checkpoints, and none of them can be read.
+    """
+    set_aside_steps = []
+    state = None
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore(manager, abstract_state, step)
+            break
+        except errors.RunError as e:
+            reason = errors.one_line(e.__cause__ or e)
+            if jax.process_index() == 0:
+                target = set_aside(manager, step)
+                logs.warn(f"checkpoint at step {step} is unreadable ({reason}); moved to {target}")
+            set_aside_steps.append(step)
+    if set_aside_steps:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("wtfree: unreadable checkpoints set aside")
+        manager.reload()
+    if state is None and set_aside_steps:
+        raise errors.RunError(
+            f"no readable checkpoint in {manager.directory}: steps {set_aside_steps} are "
+            f"unreadable and were moved to {epath.Path(manager.directory).parent / UNREADABLE}; "
+            "rerun to start from scratch"
+        )
+    return state
+
+
+def restore_or_none(directory: epath.PathLike, abstract_state):
     """The latest checkpoint under ``directory`` (a workdir or its checkpoints folder)."""
-    path = os.path.abspath(directory)
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        path = os.path.join(path, "checkpoints")
-    if not os.path.isdir(path):
-        raise ValueError(f"init_from={directory!r} is not a directory")
+    path = paths.as_path(directory)
+    if (path / "checkpoints").is_dir():
+        path = path / "checkpoints"
+    if not path.is_dir():
+        raise errors.RunError(f"init_from={str(directory)!r} is not a directory")
     with ocp.CheckpointManager(path) as manager:
         return restore(manager, abstract_state)

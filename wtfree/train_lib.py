@@ -3,8 +3,6 @@
 import functools
 import itertools
 import json
-import math
-import os
 from typing import Any
 
 import jax
@@ -12,13 +10,16 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import logging
+from etils import epath
 from flax import traverse_util
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from wtfree import checkpoints, data, layers, metrics, models, optim, rules, sharding
+from wtfree import checkpoints, data, errors, layers, metrics, models, optim, paths, rules, sharding
 from wtfree import logs as logs_lib
 from wtfree import preemption as preemption_lib
+from wtfree import workdir as workdir_lib
 
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
@@ -244,6 +245,18 @@ def evaluate(
     return {f"{split}/{k}": float(v / count) for k, v in totals.items()}
 
 
+def prepare_data(ds: data.Dataset) -> None:
+    """Process 0 prepares the data (the offline MNIST copy) first, the others wait: a data dir
+    that all hosts share must not be written by two processes at once. Then the others find it
+    prepared, or prepare their own copy where each host has its own disk."""
+    if jax.process_index() == 0:
+        ds.prepare()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("wtfree: data prepared")
+        if jax.process_index() != 0:
+            ds.prepare()
+
+
 class Trainer:
     """Everything a run builds from its config: data, model, optimizer, jitted steps, state."""
 
@@ -254,6 +267,7 @@ class Trainer:
         self.ds = data.get_dataset(
             config.dataset, data_dir=config.get("data_dir"), idx_dir=config.get("idx_dir")
         )
+        prepare_data(self.ds)
         self.model = make_model(config, self.ds.num_classes)
         self.steps_per_epoch = self.ds.steps_per_epoch(config.batch_size)
         self.total_steps = config.get("num_train_steps") or config.num_epochs * self.steps_per_epoch
@@ -347,8 +361,9 @@ class Trainer:
 
 
 def restore_or_init(trainer: Trainer, manager) -> State:
-    """The workdir's latest checkpoint, else ``config.init_from``'s (its step reset), else fresh."""
-    state = checkpoints.restore(manager, trainer.abstract_state)
+    """The workdir's newest readable checkpoint, else ``config.init_from``'s (its step reset),
+    else fresh."""
+    state = checkpoints.restore_newest_readable(manager, trainer.abstract_state)
     if state is not None:
         logging.info("Resumed from %s at step %d", manager.directory, int(state["step"]))
         return state
@@ -356,7 +371,7 @@ def restore_or_init(trainer: Trainer, manager) -> State:
     if init_from:
         state = checkpoints.restore_or_none(init_from, trainer.abstract_state)
         if state is None:
-            raise ValueError(f"init_from={init_from!r} holds no checkpoint")
+            raise errors.RunError(f"init_from={init_from!r} holds no checkpoint")
         logging.info("Initialized from %s", init_from)
         return {**state, "step": jnp.zeros_like(state["step"])}
     state = trainer.fresh_state()
@@ -369,30 +384,95 @@ def _host(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains as configured, logging to and checkpointing in ``workdir``; returns the last
-    test measurements."""
-    trainer = Trainer(config)
-    is_main = jax.process_index() == 0
-    writer = logs_lib.MetricWriter(workdir, enabled=is_main)
-    if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+@jax.jit
+def _watch_loss(watch: dict, step, loss) -> dict:
+    """Remembers whether every loss so far was finite, and the first that was not (step, value)."""
+    finite = jnp.isfinite(loss)
+    first = watch["finite"] & ~finite
+    return {
+        "finite": watch["finite"] & finite,
+        "step": jnp.where(first, step, watch["step"]),
+        "loss": jnp.where(first, loss, watch["loss"]),
+    }
 
-    manager = checkpoints.make_manager(workdir, keep=config.get("keep_checkpoints", 3))
-    preemption = preemption_lib.Preemption()
+
+def _check_finite(watch: dict, manager) -> None:
+    """Raises errors.Diverged once a loss was NaN or infinite; saves call it first, so no
+    checkpoint ever holds a state that saw one."""
+    watch = jax.device_get(watch)
+    if watch["finite"]:
+        return
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    good = (
+        f"last good checkpoint: step {last} in {manager.directory}"
+        if last is not None
+        else "no checkpoint was saved"
+    )
+    raise errors.Diverged(
+        f"train/loss is {float(watch['loss'])} at step {int(watch['step'])}; {good}"
+    )
+
+
+def _claim_workdir(config: ml_collections.ConfigDict, workdir: epath.Path):
+    """On process 0: checks that ``workdir`` holds this experiment (or none) and locks it.
+    Every process learns the outcome, so that all stop together before anything is written.
+
+    Returns:
+      ``(changes, lock)``: the accepted config changes and the lock (None on other processes).
+    """
+    changes, lock, error = {}, None, None
+    if jax.process_index() == 0:
+        try:
+            changes = workdir_lib.check_config(config, workdir)
+            lock = workdir_lib.Lock(workdir)
+            lock.acquire()
+        except errors.RunError as e:
+            error = e
+    if jax.process_count() > 1:
+        failed = multihost_utils.broadcast_one_to_all(jnp.int32(error is not None))
+        if failed and error is None:
+            error = errors.RunError(f"process 0 stopped the run on {workdir} (see its message)")
+    if error is not None:
+        raise error
+    return changes, lock
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
+    """Trains as configured, logging to and checkpointing in ``workdir`` (a local path or a URL
+    such as ``gs://bucket/run``); returns the last test measurements.
+
+    Raises:
+      errors.RunError: ``workdir`` holds another experiment or is in use by another run, or none
+        of its checkpoints can be read.
+      errors.Diverged: the training loss became NaN or infinite.
+    """
+    workdir = paths.as_path(workdir)
+    changes, lock = _claim_workdir(config, workdir)
+    writer = manager = preemption = None
     try:
-        return _train_loop(trainer, manager, writer, preemption)
+        trainer = Trainer(config)
+        is_main = jax.process_index() == 0
+        if is_main:
+            workdir_lib.record_config(config, workdir, changes)
+        writer = logs_lib.MetricWriter(workdir, enabled=is_main)
+        manager = checkpoints.make_manager(workdir, keep=config.get("keep_checkpoints", 3))
+        preemption = preemption_lib.Preemption()
+        return _train_loop(trainer, manager, writer, preemption, lock)
     finally:
         # Whatever stops the run, the checkpoints already started are finished, never lost.
-        manager.wait_until_finished()
-        manager.close()
-        writer.close()
-        preemption.close()
+        if manager is not None:
+            manager.wait_until_finished()
+            manager.close()
+        if writer is not None:
+            writer.close()
+        if preemption is not None:
+            preemption.close()
+        if lock is not None:
+            lock.release()
 
 
-def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, float]:
+def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str, float]:
     config = trainer.config
     state = restore_or_init(trainer, manager)
     step = int(jax.device_get(state["step"]))
@@ -409,7 +489,11 @@ def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, floa
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
+    replicated = sharding.replicated(trainer.mesh)
+    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
     while step < total:
+        if lock is not None and lock.lost:
+            raise errors.RunError(f"another run took over {manager.directory}; stopped")
         batch = sharding.put_batch(next(batches), trainer.mesh)
         log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == total
         if log_now:
@@ -419,6 +503,7 @@ def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, floa
         else:
             state, measurements = trainer.train_step(state, batch)
         step += 1
+        watch = _watch_loss(watch, step, measurements["train/loss"])
         if step % 8 == 0:
             # With several CPU devices, queueing dozens of collective steps without waiting
             # deadlocks XLA's CPU rendezvous; waiting now and then costs nothing measurable.
@@ -426,40 +511,44 @@ def _train_loop(trainer: Trainer, manager, writer, preemption) -> dict[str, floa
 
         epoch = step / per_epoch
         if log_now:
+            _check_finite(watch, manager)
             values = {**_host(measurements), **_host(alignment)}
             values["train/learning_rate"] = float(trainer.schedule(step - 1))
-            if not math.isfinite(values["train/loss"]):
-                raise FloatingPointError(f"train/loss is {values['train/loss']} at step {step}")
             writer.write(step, epoch, values)
             progress.report(step, epoch, values["train/loss"])
         if step % per_epoch == 0 or step % config.eval_every_steps == 0 or step == total:
+            _check_finite(watch, manager)
             last_test = trainer.evaluate(state)
             writer.write(step, epoch, last_test)
             logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
-        if step % config.checkpoint_every_steps == 0 or step == total:
-            checkpoints.save(manager, state)
-        if preemption.reached(step):
-            checkpoints.save(manager, state, force=True)
+        preempted = preemption.reached(step)
+        if step % config.checkpoint_every_steps == 0 or step == total or preempted:
+            _check_finite(watch, manager)
+            checkpoints.save(manager, state, force=preempted)
+        if preempted:
             logs_lib.say(f"Preempted: saved a checkpoint at step {step}; rerun to resume.")
             break
     return last_test
 
 
-def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict[str, float]:
+def evaluate_checkpoint(workdir: epath.PathLike, step: int | None = None) -> dict[str, float]:
     """Test measurements of the checkpoint at ``step`` (default the latest) in ``workdir``,
-    built from the run's own resolved config; written to ``workdir/eval_<step>.json``."""
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path):
-        raise ValueError(f"{workdir!r} holds no config.json: not a wtfree workdir")
-    with open(config_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    built from the run's own resolved config; written to ``workdir/eval_<step>.json``.
+
+    Raises:
+      errors.RunError: not a workdir, no such checkpoint, or it cannot be read.
+    """
+    workdir = paths.as_path(workdir)
+    config_path = workdir / workdir_lib.CONFIG
+    if not config_path.exists():
+        raise errors.RunError(f"{str(workdir)!r} holds no config.json: not a wtfree workdir")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     trainer = Trainer(config)
     with checkpoints.make_manager(workdir) as manager:
         if manager.latest_step() is None:
-            raise ValueError(f"{workdir!r} holds no checkpoint")
+            raise errors.RunError(f"{str(workdir)!r} holds no checkpoint")
         state = checkpoints.restore(manager, trainer.abstract_state, step)
     result = {"step": int(state["step"]), **trainer.evaluate(state)}
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{result['step']}.json"), "w") as f:
-            json.dump(result, f)
+        paths.write_text(workdir / f"eval_{result['step']}.json", json.dumps(result))
     return result

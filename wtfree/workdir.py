@@ -1,0 +1,180 @@
+"""A workdir belongs to one experiment: its config.json is checked on resume, and a lock file
+keeps a second run out while one is using it."""
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import ml_collections
+from etils import epath
+
+from wtfree import errors, logs, paths
+
+# Keys that may differ between the runs of one workdir: how long to train, how often to log,
+# evaluate and checkpoint, how much of the test set to use, where the data is, how many devices
+# share the work. Everything else (model, rule, data, optimizer, seeds, batch size) makes
+# another experiment, whose checkpoints would not fit or would mean something else.
+MAY_CHANGE = frozenset(
+    {
+        "num_epochs",
+        "num_train_steps",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "eval_batch_size",
+        "eval_steps",
+        "data_dir",
+        "idx_dir",
+        "num_devices",
+        "init_from",
+    }
+)
+CONFIG = "config.json"
+CHANGES = "config_changes.jsonl"
+LOCK = "lock"
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def as_json(config: ml_collections.ConfigDict) -> dict:
+    """The config as config.json holds it (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``key -> (old, new)`` for every (dotted) key whose value differs or exists in one only."""
+    a, b = _flat(old), _flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+    """The changes to ``workdir``'s config.json, all of them in ``MAY_CHANGE``.
+
+    Raises:
+      errors.RunError: a key outside ``MAY_CHANGE`` changed (one line listing them).
+    """
+    path = workdir / CONFIG
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text())
+    except ValueError as e:
+        raise errors.RunError(f"{path} is not JSON ({e}); is {workdir} a wtfree workdir?") from e
+    changes = changed_keys(old, as_json(config))
+    refused = sorted(k for k in changes if k not in MAY_CHANGE)
+    if refused:
+        listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
+        raise errors.RunError(
+            f"{workdir} holds another experiment: changed {listed}; use a new workdir, or "
+            f"--config.init_from={workdir} to start a new run from its checkpoint"
+        )
+    return changes
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: epath.Path, changes: dict) -> None:
+    """Writes config.json; accepted changes also get a line in config_changes.jsonl."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if changes:
+        line = json.dumps({"time": time.time(), "changes": changes}) + "\n"
+        path = workdir / CHANGES
+        paths.write_text(path, (path.read_text() if path.exists() else "") + line)
+        logs.say(
+            "Config changes accepted: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+        )
+    paths.write_text(workdir / CONFIG, config.to_json_best_effort(indent=2))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Lock:
+    """``workdir/lock``, held by process 0 of the run that uses the workdir.
+
+    It names its holder (host, pid, a random token) and the time of its last heartbeat, which a
+    thread renews every ``heartbeat`` seconds. A lock counts as free when its holder is a dead
+    process on this host, or its heartbeat is older than ``stale_after`` seconds (a host that
+    was killed). The heartbeat also checks that the lock is still this run's; if another run
+    took it, ``lost`` becomes true and the train loop stops.
+    """
+
+    def __init__(self, workdir: epath.Path, *, heartbeat: float = 10.0, stale_after: float = 60.0):
+        self.path = workdir / LOCK
+        self.heartbeat, self.stale_after = heartbeat, stale_after
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _write(self) -> None:
+        record = {
+            "token": self.token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "time": time.time(),
+        }
+        paths.write_text(self.path, json.dumps(record))
+
+    def _free(self, holder: dict | None) -> bool:
+        if holder is None:
+            return True
+        if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0))):
+            return True
+        return time.time() - float(holder.get("time", 0)) > self.stale_after
+
+    def acquire(self) -> None:
+        """Takes the lock, or raises errors.RunError (one line) when another run holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        holder = self._read()
+        if not self._free(holder):
+            raise errors.RunError(
+                f"{self.path.parent} is in use by another run (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, alive {time.time() - holder['time']:.0f} s ago); "
+                "wait for it to end, or use another workdir"
+            )
+        self._write()
+        time.sleep(0.1)  # two runs that wrote at once: the last writer wins, the other stops
+        if (self._read() or {}).get("token") != self.token:
+            raise errors.RunError(f"{self.path.parent} was just taken by another run")
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            if (self._read() or {}).get("token") != self.token:
+                self.lost = True
+                return
+            self._write()
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if not self.lost and (self._read() or {}).get("token") == self.token:
+                self.path.unlink(missing_ok=True)
