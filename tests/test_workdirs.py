@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.fake_gcs import fake_gcs
-from tests.test_train import ROOT, tiny_config
+from tests.test_train import tiny_config
 from wtfree import checkpoints, errors, logs, train_lib, workdir
 
 
@@ -57,3 +55,127 @@ def test_gcs_workdir_trains_resumes_and_evaluates(tmp_path, monkeypatch):
     assert all((run / "tensorboard" / e).stat().st_size > 0 for e in events)
     changes = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
     assert [c["changes"] for c in changes] == [{"num_train_steps": [3, 6]}]
+
+
+def damage(checkpoint_dir):
+    """Truncates the largest file of a checkpoint to half, as a host dying mid-write would."""
+    files = [os.path.join(r, f) for r, _, fs in os.walk(checkpoint_dir) for f in fs]
+    largest = max(files, key=os.path.getsize)
+    with open(largest, "r+b") as f:
+        f.truncate(os.path.getsize(largest) // 2)
+
+
+def test_unreadable_checkpoint_is_set_aside_and_the_run_ends_where_it_would(tmp_path, capsys):
+    config = tiny_config("kp", num_train_steps=9, checkpoint_every_steps=3, log_every_steps=3)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train_lib.train_and_evaluate(config, str(whole))
+    train_lib.train_and_evaluate(config, str(broken))
+    damage(broken / "checkpoints" / "9")
+    # A save killed before orbax renamed its temporary directory: never a step.
+    partial = broken / "checkpoints" / "12.orbax-checkpoint-tmp-1234567"
+    partial.mkdir()
+    (partial / "_CHECKPOINT_METADATA").write_text("{")
+    capsys.readouterr()
+
+    train_lib.train_and_evaluate(config, str(broken))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1, warnings
+    assert "checkpoint at step 9 is unreadable (" in warnings[0]
+    assert str(broken / "unreadable_checkpoints" / "9") in warnings[0]
+    assert (broken / "unreadable_checkpoints" / "9").is_dir()  # set aside, not deleted
+    assert_same_state(final_state(str(broken), config), final_state(str(whole), config))
+
+
+def test_no_readable_checkpoint_stops_with_one_line(tmp_path):
+    config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3, keep_checkpoints=2)
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    for step in ("3", "6"):
+        damage(tmp_path / "checkpoints" / step)
+    with pytest.raises(errors.RunError, match=r"no readable checkpoint .* steps \[6, 3\]"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "unreadable_checkpoints")) == ["3", "6"]
+
+
+def test_evaluate_an_unreadable_step_is_one_line(tmp_path):
+    config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    damage(tmp_path / "checkpoints" / "3")
+    with pytest.raises(errors.RunError, match="checkpoint at step 3 .* is unreadable"):
+        train_lib.evaluate_checkpoint(str(tmp_path), 3)
+    with pytest.raises(errors.RunError, match=r"no checkpoint at step 4 .* have \[3, 6\]"):
+        train_lib.evaluate_checkpoint(str(tmp_path), 4)
+    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
+
+
+def test_a_changed_experiment_stops_before_touching_the_workdir(tmp_path):
+    train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    changed = tiny_config("fa", **{"model_kwargs.widths": (8,), "num_train_steps": 9})
+    with pytest.raises(errors.RunError) as info:
+        train_lib.train_and_evaluate(changed, str(tmp_path))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "model_kwargs.widths ([16] -> [8])" in message and "rule ('kp' -> 'fa')" in message
+    assert "num_train_steps" not in message  # allowed to change
+    assert "use a new workdir, or --config.init_from=" in message
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_allowed_changes_are_exactly_the_documented_ones():
+    old = workdir.as_json(tiny_config("kp"))
+    new = workdir.as_json(
+        tiny_config("kp", num_train_steps=9, eval_steps=1, **{"optimizer.momentum": 0.9})
+    )
+    assert workdir.changed_keys(old, new) == {
+        "eval_steps": (0, 1),
+        "num_train_steps": (6, 9),
+        "optimizer.momentum": (0.0, 0.9),
+    }
+    assert "optimizer.momentum" not in workdir.MAY_CHANGE
+    assert {"num_train_steps", "eval_steps"} <= workdir.MAY_CHANGE
+
+
+def test_a_second_run_on_a_workdir_in_use_stops(tmp_path):
+    first = workdir.Lock(tmp_path, heartbeat=0.05)
+    first.acquire()
+    with pytest.raises(errors.RunError, match="is in use by another run"):
+        train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
+    # The first run's heartbeat sees another run take the lock over (its holder died).
+    stolen = workdir.Lock(tmp_path, stale_after=0.0)
+    stolen.acquire()
+    import time
+
+    time.sleep(0.3)
+    assert first.lost
+    first.release()
+    stolen.release()
+    assert not (tmp_path / "lock").exists()
+
+
+def test_a_dead_holder_does_not_keep_the_workdir(tmp_path):
+    (tmp_path / "lock").write_text(
+        json.dumps({"token": "x", "host": os.uname().nodename, "pid": 2**22 + 7, "time": 1e12})
+    )
+    train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+    assert not (tmp_path / "lock").exists()
+
+
+def test_a_diverged_run_stops_and_never_saves_after_the_first_nonfinite_loss(tmp_path):
+    config = tiny_config(
+        "bp",
+        num_train_steps=12,
+        checkpoint_every_steps=1,
+        log_every_steps=100,
+        **{"optimizer.learning_rate": 1e38},
+    )
+    with pytest.raises(errors.Diverged) as info:
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    step = int(message.split(" at step ")[1].split(";")[0])
+    with checkpoints.make_manager(tmp_path) as manager:
+        saved = manager.all_steps()
+    assert max(saved) == step - 1, (message, saved)
+    assert f"last good checkpoint: step {step - 1}" in message
+    assert message.startswith(("train/loss is nan", "train/loss is inf"))
