@@ -18,5 +18,7 @@ def one_line(error: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``, at most ``limit`` characters (orbax's and
     tensorstore's messages run over many lines)."""
     text = " ".join(str(error).strip().split("\n")[0].split())
+    # TensorStore appends its whole spec ("See full TensorStore details: ..."): not for a person.
+    text = text.split(" See full TensorStore details")[0]
     text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
