@@ -84,13 +84,6 @@ def one_error_line(proc, code):
     return lines[0]
 
 
-def test_diverged_run_exits_3_with_one_line(tmp_path, idx_dir):
-    proc = train(tmp_path, idx_dir, "bp", **{"optimizer.learning_rate": 1e38})
-    line = one_error_line(proc, 3)
-    assert "train.py: error: train/loss is" in line and " at step " in line
-    assert "last good checkpoint" in line or "no checkpoint was saved" in line
-
-
 def test_changed_experiment_and_unreadable_step_exit_2(tmp_path, idx_dir):
     assert train(tmp_path, idx_dir).returncode == 0
     line = one_error_line(train(tmp_path, idx_dir, "fa"), 2)
@@ -149,3 +142,51 @@ def test_sigkill_at_any_moment_resumes_and_ends_where_an_uninterrupted_run_does(
     a, b = final_state(tmp_path / "whole", idx_dir, steps), final_state(broken, idx_dir, steps)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_real_tiny_sweep_then_a_plot_of_its_runs(tmp_path, idx_dir):
+    tiny = {
+        "idx_dir": idx_dir,
+        "model_kwargs.widths": (16,),
+        "batch_size": 32,
+        "eval_batch_size": 64,
+        "num_train_steps": 6,
+        "log_every_steps": 3,
+    }
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(
+        f"TINY = {tiny!r}\n"
+        "def get_sweep():\n"
+        "    return [{'config': 'configs/mnist_mlp.py:rule=kp', 'overrides': TINY, 'name': 'kp'},\n"
+        "            {'config': 'configs/mnist_mlp.py:rule=bp', 'name': 'diverges',\n"
+        "             'overrides': {**TINY, 'optimizer.learning_rate': 1e38}},\n"
+        "            {'config': 'configs/mnist_mlp.py:rule=fa', 'overrides': TINY, 'name': 'fa'}]\n"
+    )
+    runs = tmp_path / "runs"
+    proc = run(["-m", "wtfree.sweep", str(sweep_file), f"--workdir={runs}"], timeout=400)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "wtfree.sweep: run diverges failed with exit code 3" in proc.stderr
+    # The diverged run's own line (exit 3), and no traceback anywhere.
+    assert "Traceback" not in proc.stderr
+    diverged = [line for line in proc.stderr.splitlines() if "train/loss is" in line]
+    assert len(diverged) == 1 and diverged[0].startswith("train.py: error: train/loss is ")
+    assert " at step " in diverged[0] and "checkpoint" in diverged[0]
+    assert proc.stderr.splitlines()[-1] == "wtfree.sweep: 1 of 3 runs failed: diverges (exit 3)"
+    for name in ("kp", "fa"):  # the sweep went on after the failure
+        lines = [json.loads(line) for line in (runs / name / "metrics.jsonl").open()]
+        assert max(line["step"] for line in lines) == 6
+
+    from wtfree import plot
+
+    out = tmp_path / "report.png"
+    assert plot.main([str(runs / "kp"), str(runs / "fa"), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+    fig = plot.make_figure([str(runs / "kp"), str(runs / "fa")])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[2:] == [
+        "hidden_0: angle(B, W)",
+        "hidden_0: angle(δ, δ_bp)",
+        "output: angle(B, W)",
+        "output: angle(δ, δ_bp)",
+    ]
+    assert all(len(ax.get_lines()) == 2 for ax in fig.axes[2:])  # both runs in every panel

@@ -253,11 +253,14 @@ def test_sweep_goes_on_after_a_failure(tmp_path, capsys, monkeypatch):
     assert err.splitlines()[-1] == "wtfree.sweep: 1 of 2 runs failed: a (exit 3)"
 
 
-def test_failing_run_for_real(tmp_path):
+def test_a_bad_run_stops_the_sweep_before_any_run_starts(tmp_path):
     path = write_sweep(
         tmp_path,
         "def get_sweep():\n"
-        "    return [{'config': 'configs/mnist_mlp.py:rule=nope', 'name': 'bad_rule'}]\n",
+        "    return [{'config': 'configs/mnist_mlp.py', 'name': 'good'},\n"
+        "            {'config': 'configs/mnist_mlp.py:rule=nope', 'name': 'bad_rule'},\n"
+        "            {'config': 'configs/mnist_mlp.py', 'name': 'bad_lr',\n"
+        "             'overrides': {'optimizer.learning_rate': -1.0}}]\n",
     )
     result = subprocess.run(
         [sys.executable, "-m", "wtfree.sweep", path, "--workdir", str(tmp_path / "w")],
@@ -266,7 +269,16 @@ def test_failing_run_for_real(tmp_path):
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1, result.stderr
-    assert "unknown rule 'nope'" in result.stderr  # train.py's own message
-    assert "run bad_rule failed with exit code 2" in result.stderr
-    assert "1 of 1 runs failed: bad_rule (exit 2)" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith(
+        "wtfree.sweep: error: run bad_rule: unknown rule 'nope'; known rules: bp,"
+    )
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(
+        sweep.SweepError, match=r"run bad_lr: optimizer.learning_rate=-1.0; allowed"
+    ):
+        sweep.validate_runs(sweep.load_sweep(path)[2:])
+    typo = sweep.Run(config="configs/mnist_mlp.py", overrides={"optimizr.lr": 1}, name="t")
+    with pytest.raises(sweep.SweepError, match="run t: "):
+        sweep.validate_runs([typo])

@@ -11,7 +11,6 @@ training can be plotted; a resumed run's re-logged steps count once (the last va
 """
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from wtfree import logs  # noqa: E402
+from wtfree import logs, paths  # noqa: E402
 
 ANGLES = (("weight_angle", "angle(B, W)"), ("delta_angle", "angle(δ, δ_bp)"))
 
@@ -36,7 +35,7 @@ def load_run(workdir: str) -> dict[str, Series]:
 
     Raises FileNotFoundError without a metrics.jsonl, ValueError on a line that is not JSON.
     """
-    if not os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+    if not (paths.as_path(workdir) / "metrics.jsonl").is_file():
         raise FileNotFoundError(f"{workdir}: no metrics.jsonl")
     try:
         lines = logs.read_metrics(workdir)
@@ -82,7 +81,7 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
     if not workdirs:
         raise ValueError("no run directories given")
     if labels is None:
-        labels = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+        labels = [paths.as_path(w).name for w in workdirs]
     if len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} runs")
     runs = [load_run(w) for w in workdirs]
@@ -132,10 +131,15 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
 def plot_runs(workdirs: Sequence[str], out: str, labels: Sequence[str] | None = None) -> None:
     """Writes ``make_figure(workdirs, labels)`` to ``out`` (format from its extension: .png,
     .pdf, .svg), making its directory if needed."""
+    out = paths.as_path(out)
+    formats = Figure().canvas.get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        raise ValueError(f"--out={out}: allowed extensions: {', '.join(sorted(formats))}")
     fig = make_figure(workdirs, labels)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        fig.savefig(out, dpi=110)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("wb") as f:
+            fig.savefig(f, format=out.suffix[1:] or None, dpi=110)
     finally:
         plt.close(fig)
 

@@ -27,6 +27,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from wtfree import paths
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]*")
 _ENTRY_KEYS = {"config", "overrides", "name"}
@@ -117,13 +119,53 @@ def load_sweep(path: str) -> list[Run]:
     return runs
 
 
+def _set(config, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        config = config[part]
+    config[last] = value
+
+
+def load_config(run: Run):
+    """The run's config as train.py would build it: the file's ``get_config(arg)``, locked,
+    with the overrides set; raises SweepError (one line) on a bad key or value."""
+    path, _, arg = run.config.partition(":")
+    if REPO_ROOT not in sys.path:
+        sys.path.insert(0, REPO_ROOT)  # config files import configs.common
+    spec = importlib.util.spec_from_file_location(
+        "_wtfree_config_file", os.path.join(REPO_ROOT, path)
+    )
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        config = module.get_config(arg or None)
+        config.lock()
+        for key, value in run.overrides.items():
+            _set(config, key, value)
+    except Exception as e:  # the config file's own error, or a bad override
+        raise SweepError(f"run {run.name}: {type(e).__name__}: {' '.join(str(e).split())}") from e
+    return config
+
+
+def validate_runs(runs: Sequence[Run]) -> None:
+    """Checks every run's config (config_lib.validate) before the first run starts."""
+    from wtfree import config_lib
+
+    for run in runs:
+        config = load_config(run)
+        try:
+            config_lib.validate(config)
+        except ValueError as e:
+            raise SweepError(f"run {run.name}: {e}") from e
+
+
 def command(run: Run, workdir: str) -> list[str]:
     """The argv of ``run``, to be started in REPO_ROOT; its workdir is ``workdir/<name>``."""
     return [
         sys.executable,
         "train.py",
         f"--config={run.config}",
-        f"--workdir={os.path.join(os.path.abspath(workdir), run.name)}",
+        f"--workdir={paths.as_path(workdir) / run.name}",
         *(f"--config.{key}={format_value(value)}" for key, value in run.overrides.items()),
     ]
 
@@ -157,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         runs = load_sweep(args.sweep)
+        validate_runs(runs)
     except SweepError as e:
         print(f"wtfree.sweep: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -171,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = ", ".join(f"{name} (exit {code})" for name, code in failed)
         print(f"wtfree.sweep: {len(failed)} of {len(runs)} runs failed: {names}", file=sys.stderr)
         return 1
-    print(f"wtfree.sweep: all {len(runs)} runs done in {os.path.abspath(args.workdir)}")
+    print(f"wtfree.sweep: all {len(runs)} runs done in {paths.as_path(args.workdir)}")
     return 0
 
 
