@@ -1,0 +1,111 @@
+"""Every config value is checked before any work: one line naming the key, value and range."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_train import ROOT, tiny_config
+from wtfree import config_lib
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("optimizer.learning_rate", -0.1, "optimizer.learning_rate=-0.1; allowed: a number >= 0"),
+        ("num_epochs", -1, "num_epochs=-1; allowed: an integer >= 0"),
+        ("mirror.decay", -0.5, "mirror.decay=-0.5; allowed: a number in [0, 1)"),
+        ("mirror.decay", 1.0, "mirror.decay=1.0; allowed: a number in [0, 1)"),
+        ("mirror.noise_std", 0.0, "mirror.noise_std=0.0; allowed: a number > 0"),
+        ("mirror.every", 0, "mirror.every=0; allowed: an integer >= 1"),
+        ("optimizer.momentum", 1.0, "optimizer.momentum=1.0; allowed: a number in [0, 1)"),
+        ("optimizer.weight_decay", -1e-4, "optimizer.weight_decay=-0.0001; allowed"),
+        ("optimizer.boundaries", (0.6, 0.3), "optimizer.boundaries=(0.6, 0.3); allowed"),
+        ("batch_size", 0, "batch_size=0; allowed: an integer >= 1"),
+        ("eval_batch_size", -8, "eval_batch_size=-8; allowed"),
+        ("keep_checkpoints", 0, "keep_checkpoints=0; allowed"),
+        ("model_kwargs.widths", (16, 0), "model_kwargs.widths=(16, 0); allowed"),
+        ("dtype", "float8", "dtype='float8'; allowed: float32, bfloat16, float16"),
+    ],
+)
+def test_out_of_range_values_are_refused(key, value, expected):
+    config = tiny_config("wm")
+    config_lib.validate(config)  # the tiny config itself is fine
+    config = tiny_config("wm", **{key: value})
+    with pytest.raises(ValueError) as info:
+        config_lib.validate(config)
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_run_needs_some_length():
+    with pytest.raises(ValueError, match="num_epochs=0 and num_train_steps=0"):
+        config_lib.validate(tiny_config("bp", num_epochs=0, num_train_steps=0))
+    config_lib.validate(tiny_config("bp", num_epochs=0, num_train_steps=5))
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"num_devices": 5}, "num_devices=5; allowed: 1..4"),
+        ({"num_devices": 4, "batch_size": 30}, "batch_size=30; allowed: a multiple of the 4"),
+        ({"num_devices": 4, "eval_batch_size": 10}, "eval_batch_size=10; allowed: a multiple"),
+        ({"idx_dir": "/no/such/dir"}, "idx_dir='/no/such/dir' is not a directory"),
+        ({"data_dir": "/no/such/dir"}, "data_dir='/no/such/dir' is not a directory"),
+        ({"dataset": "cifar10"}, "dataset=cifar10 is not prepared in"),
+        ({"dataset": "fashion_mnist"}, "or --config.idx_dir=DIR"),
+    ],
+)
+def test_resources_are_checked(overrides, expected, tmp_path):
+    # Outside tfds.testing.mock_data: the conftest's TFDS_DATA_DIR holds nothing.
+    config = tiny_config("bp", **overrides)
+    with pytest.raises(ValueError) as info:
+        config_lib.validate_resources(config)
+    assert expected in str(info.value)
+    if "dataset" in overrides:
+        assert f"tfds build {overrides['dataset']} --file_format=array_record" in str(info.value)
+
+
+def test_idx_dir_without_the_files(tmp_path):
+    config = tiny_config("bp", idx_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="holds no train-images-idx3-ubyte"):
+        config_lib.validate_resources(config)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config.optimizer.learning_rate=-1"], "optimizer.learning_rate=-1.0; allowed"),
+        (["--config.idx_dir=/no/such/dir"], "idx_dir='/no/such/dir' is not a directory"),
+    ],
+)
+def test_train_cli_exits_2_with_one_line(args, expected, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/mnist_mlp.py", f"--workdir={tmp_path}"]
+        + args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"train.py: error: {proc.stderr.split('error: ')[1].strip()}"
+    ]
+    assert expected in proc.stderr
+    assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_evaluate_cli_refuses_a_negative_step(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "wtfree.evaluate", f"--workdir={tmp_path}", "--step=-3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "wtfree.evaluate: error: --step=-3; allowed: >= 0\n"
