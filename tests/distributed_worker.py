@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--checkpoint_every", type=int, default=4)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--prepare_log", default=None, help="log when each process prepares data")
     args = parser.parse_args()
 
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -41,9 +42,20 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from tests.test_train import tiny_config
-    from wtfree import checkpoints, logs, train_lib
+    from wtfree import checkpoints, data, logs, train_lib
 
     logs.quiet()
+    if args.prepare_log:
+        # A slow preparation that says when it runs: process 0's must end before others start.
+        def prepare(self):
+            import time
+
+            for event in ("start", "end"):
+                with open(args.prepare_log, "a") as f:
+                    f.write(f"{event} {jax.process_index()}\n")
+                time.sleep(0.5 if event == "start" else 0)
+
+        data.ArrayDataset.prepare = prepare
     config = tiny_config(
         args.rule,
         num_devices=None,

@@ -1,5 +1,6 @@
 """Data parallelism: 4 simulated devices and 2 processes give one device's results; SIGTERM."""
 
+import json
 import os
 import signal
 import socket
@@ -150,11 +151,16 @@ def test_two_processes_match_one_process_with_the_same_devices(local_devices, tm
                 f"--process_id={i}",
                 f"--coordinator=127.0.0.1:{port}",
                 f"--out={multi}",
+                f"--prepare_log={tmp_path / 'prepare.log'}",
             )
             for i in range(2)
         ]
     )
     _assert_same(_load(single), _load(multi))
+    # Process 0 prepared the data (a shared data dir) alone; process 1 waited for it. Every
+    # Trainer prepares: the worker builds two, the train run's and the restoring one.
+    events = (tmp_path / "prepare.log").read_text().splitlines()
+    assert events[:4] == ["start 0", "end 0", "start 1", "end 1"], events
 
 
 def test_sigterm_checkpoints_at_the_agreed_step_and_the_rerun_matches(tmp_path):
@@ -192,3 +198,74 @@ def test_sigterm_checkpoints_at_the_agreed_step_and_the_rerun_matches(tmp_path):
     _run([_worker(workdir, *args, f"--out={resumed}")], timeout=400)
     assert time.time() - started < 400
     _assert_same(_load(whole), _load(resumed), rtol=0)
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_matches(tmp_path):
+    """wm across two processes: each device draws its own mirror noise (so the result equals
+    one process with two devices), only process 0 logs, and a SIGTERM to process 1 alone makes
+    both checkpoint at the same step and stop; the rerun then ends where it would have."""
+    steps = 200
+    args = ["--rule=wm", f"--steps={steps}", "--checkpoint_every=100000"]
+    single = tmp_path / "single.npz"
+    _run([_worker(tmp_path / "one", *args, "--local_devices=2", f"--out={single}")])
+
+    workdir = tmp_path / "two"
+    port = _free_port()
+    multi = [
+        ["timeout", "-k", "10", "300"]
+        + _worker(
+            workdir,
+            *args,
+            "--num_processes=2",
+            f"--process_id={i}",
+            f"--coordinator=127.0.0.1:{port}",
+        )
+        for i in range(2)
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for cmd in multi
+    ]
+    lines = []
+    for line in procs[0].stdout:
+        lines.append(line)
+        if line.startswith("step 20/"):
+            procs[1].send_signal(signal.SIGTERM)
+            break
+    outputs = ["".join(lines) + procs[0].communicate(timeout=120)[0]]
+    outputs.append(procs[1].communicate(timeout=120)[0])
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    preempted = [line for line in outputs[0].splitlines() if line.startswith("Preempted")]
+    assert preempted, outputs[0][-3000:]
+    saved_step = int(preempted[0].split("step ")[1].split(";")[0])
+    assert 20 <= saved_step < steps
+    assert f"done at step {saved_step}" in outputs[1]  # process 1 stopped at the same step
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [
+        saved_step
+    ]
+
+    resumed = tmp_path / "resumed.npz"
+    port = _free_port()
+    _run(
+        [
+            _worker(
+                workdir,
+                *args,
+                "--num_processes=2",
+                f"--process_id={i}",
+                f"--coordinator=127.0.0.1:{port}",
+                f"--out={resumed}",
+            )
+            for i in range(2)
+        ]
+    )
+    _assert_same(_load(single), _load(resumed))
+    # Only process 0 logged: every train step once per run, one events file per run.
+    logged = [
+        json.loads(line)["step"]
+        for line in (workdir / "metrics.jsonl").open()
+        if "train/loss" in line
+    ]
+    assert logged == sorted(set(logged)) and logged[-1] == steps
+    assert len(os.listdir(workdir / "tensorboard")) == 2
