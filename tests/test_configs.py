@@ -36,7 +36,9 @@ def reference_keys() -> set[str]:
 
 def dataset_shape(config) -> tuple[int, tuple[int, ...]]:
     """(num_classes, image_shape) of the config's dataset, without reading any data."""
-    ds = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
+    ds = data.get_dataset(
+        config.dataset, data_dir=config.get("data_dir"), **config.get("dataset_kwargs", {})
+    )
     return ds.num_classes, ds.image_shape
 
 
