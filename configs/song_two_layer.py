@@ -53,5 +53,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 5000
     if arg.runlocal:
-        common.set_runlocal(config, batch_size=n, steps=8)
+        common.set_runlocal(config, batch_size=16, steps=8)
+        config.dataset_kwargs.train_examples = 16  # still full-batch
     return config
