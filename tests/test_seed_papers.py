@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import data, layers, logs, metrics, sharding, teacher, train_lib
+from wtfree import data, layers, logs, metrics, plot, sharding, teacher, train_lib
 from wtfree.models import mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,6 +207,8 @@ def test_regression_run_logs_nse_and_no_accuracy(tmp_path):
     assert {"train/nse", "test/nse", "test/loss", "align/delta_angle/hidden_0"} <= keys
     assert not any("accuracy" in k for k in keys)
     assert 0.0 < lines[-1]["test/nse"] < 2.0
+    fig = plot.make_figure([str(tmp_path)])
+    assert "NSE" in fig.axes[0].get_title() and len(fig.axes[0].get_lines()) == 1
 
 
 # ------------------------------------------------------------------------------------------
