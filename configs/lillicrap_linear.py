@@ -37,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             kernel_scale=0.1,
             kernel_mode="fan_in",
             kernel_distribution="uniform",
+            feedback_scale=1.0,  # the paper's B, U[-0.5, 0.5], is about 4x larger
         )
     )
     config.loss = "squared_error"

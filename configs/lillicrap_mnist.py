@@ -20,6 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(arg, rule="fa", runlocal=False)
     config = mnist_mlp.get_config(f"rule={arg.rule}")
     config.model_kwargs.widths = (1000,)
+    config.model_kwargs.feedback_scale = 1.0  # B drawn like W
     config.optimizer.learning_rate = 0.2
     if arg.runlocal:
         common.set_runlocal(config, batch_size=16, steps=8)

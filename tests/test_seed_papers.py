@@ -91,6 +91,22 @@ def test_shallow_training_changes_only_the_last_layer_and_lowers_the_error(tmp_p
     assert after < 0.8 * before, (before, after)
 
 
+def test_feedback_scale_multiplies_b_and_leaves_w_alone():
+    x = jnp.ones((2, 300))
+    plain = mlp.Model(num_classes=200, widths=(), rule="fa").init(jax.random.key(0), x)
+    scaled = mlp.Model(num_classes=200, widths=(), rule="fa", feedback_scale=4.0).init(
+        jax.random.key(0), x
+    )
+    np.testing.assert_array_equal(
+        scaled["params"]["output"]["kernel"], plain["params"]["output"]["kernel"]
+    )
+    np.testing.assert_allclose(
+        scaled["feedback"]["output"]["kernel"],
+        4.0 * plain["feedback"]["output"]["kernel"],
+        rtol=1e-6,
+    )
+
+
 # ------------------------------------------------------------------------------------------
 # Squared error, NSE and the alignment metrics.
 # ------------------------------------------------------------------------------------------
