@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012", "linear_teacher")
 
 Batch = dict[str, np.ndarray]
 Arrays = tuple[np.ndarray, np.ndarray]  # (images uint8 [N, H, W, C], labels int32 [N])
@@ -738,6 +738,7 @@ def get_dataset(
     idx_dir: str | os.PathLike | None = None,
     *,
     num_workers: int | None = None,
+    **kwargs,
 ) -> Dataset:
     """The dataset `name`, one of `DATASETS`.
 
@@ -747,10 +748,21 @@ def get_dataset(
       idx_dir: for mnist / fashion_mnist only: a directory of IDX files (train-images-idx3-ubyte
         and so on, optionally .gz), read instead of TFDS.
       num_workers: imagenet2012 only: grain worker processes (0: none; None: up to 16).
+      **kwargs: linear_teacher only: its sizes, noise and seed (`wtfree.teacher.LinearTeacher`).
 
     Returns:
-      An `ArrayDataset` (in memory) or, for imagenet2012, an `ImageNetDataset`.
+      An `ArrayDataset` (in memory), for imagenet2012 an `ImageNetDataset`, for linear_teacher
+      a `wtfree.teacher.LinearTeacher`.
     """
+    if name == "linear_teacher":
+        from wtfree import teacher  # it subclasses Dataset, so it imports this module
+
+        try:
+            return teacher.LinearTeacher(**kwargs)
+        except TypeError as e:  # an unknown option
+            raise ValueError(f"linear_teacher: {e}") from None
+    if kwargs:
+        raise ValueError(f"dataset options {sorted(kwargs)} are only for linear_teacher")
     if name not in _SPECS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if idx_dir is not None:

@@ -42,6 +42,7 @@ class _RuleLinear(nn.Module):
     kernel_scale: float = 1.0
     kernel_mode: str = "fan_in"
     kernel_distribution: str = "truncated_normal"
+    feedback_scale: float = 1.0  # B is drawn like W, times this (Lillicrap et al. draw B larger)
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
@@ -58,7 +59,10 @@ class _RuleLinear(nn.Module):
             b = self.variable(
                 FEEDBACK,
                 "kernel",
-                lambda: kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype),
+                lambda: (
+                    self.feedback_scale
+                    * kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype)
+                ),
             ).value
             if self.is_initializing() and rule.feedback == rules.GRADIENT:
                 self.sow(TRAINED_FEEDBACK, "kernel", jnp.ones((), bool), reduce_fn=_keep_last)
@@ -102,6 +106,7 @@ class Dense(_RuleLinear):
       rule: the learning rule's name (``wtfree.rules.names()``).
       kernel_scale, kernel_mode, kernel_distribution: W (and B) are drawn from
         ``variance_scaling(kernel_scale, kernel_mode, kernel_distribution)``.
+      feedback_scale: a stored B is drawn like W, then multiplied by this.
     """
 
     features: int = 0

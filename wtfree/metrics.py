@@ -22,7 +22,22 @@ def sigmoid_xent(logits: Array, labels: Array) -> Array:
     return optax.sigmoid_binary_cross_entropy(logits, targets).sum(-1)
 
 
-LOSSES = {"softmax_xent": softmax_xent, "sigmoid_xent": sigmoid_xent}
+def squared_error(outputs: Array, targets: Array) -> Array:
+    r"""Per-example squared error, averaged over the outputs:
+    :math:`\frac{1}{K}\sum_k (y_k - y^*_k)^2`.
+
+    For regression: ``targets`` are real vectors shaped like ``outputs``. The error it sends to
+    the output units is :math:`\frac{2}{K}(y - y^*)`, i.e. Lillicrap et al.'s
+    :math:`-e = y - y^*` up to the factor :math:`2/K`, which only rescales the learning rate.
+    """
+    return jnp.mean(jnp.square(outputs - targets.astype(outputs.dtype)), axis=-1)
+
+
+LOSSES = {
+    "softmax_xent": softmax_xent,
+    "sigmoid_xent": sigmoid_xent,
+    "squared_error": squared_error,
+}
 
 
 def get_loss(name: str):
@@ -38,6 +53,23 @@ def correct(logits: Array, labels: Array, k: int = 1) -> Array:
         return (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     top = jax.lax.top_k(logits, k)[1]
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def normalized_squared_error(outputs: Array, targets: Array, mask: Array | None = None) -> Array:
+    r"""The normalized squared error of a batch (NSE; Lillicrap et al. 2016, Fig. 1d):
+
+    .. math::
+      \mathrm{NSE} = \frac{\sum_i \|y_i - y^*_i\|^2}{\sum_i \|y^*_i\|^2},
+
+    the squared error relative to that of always answering 0: 1 for a network whose outputs
+    are ~0 (small initial weights), 0 for a perfect fit. ``mask`` (per example, 1 or 0) leaves
+    padding out.
+    """
+    err = jnp.sum(jnp.square(outputs - targets.astype(outputs.dtype)), axis=-1)
+    ref = jnp.sum(jnp.square(targets.astype(outputs.dtype)), axis=-1)
+    if mask is not None:
+        err, ref = err * mask, ref * mask
+    return jnp.sum(err) / jnp.sum(ref)
 
 
 def angle(a: Array, b: Array) -> Array:
@@ -75,9 +107,14 @@ def alignment(sown) -> dict[str, Array]:
     """Flattens what layers sow under ``alignment`` into measurement keys.
 
     Returns:
-      ``{"align/weight_angle/<layer>": degrees, "align/norm_ratio/<layer>": ||B||/||W||}``.
+      ``{"align/weight_angle/<layer>": degrees, "align/norm_ratio/<layer>": ||B||/||W||,
+      "align/weight_cosine/<layer>": cos(B, W)}``; the cosine is the alignment Song et al. 2021
+      plot for the second layer of a two-layer network.
     """
-    return {
+    out = {
         f"align/{path[-1]}/{layer_name(path[:-1])}": value
         for path, value in traverse_util.flatten_dict(sown).items()
     }
+    for key in [k for k in out if k.startswith("align/weight_angle/")]:
+        out[key.replace("weight_angle", "weight_cosine", 1)] = jnp.cos(jnp.radians(out[key]))
+    return out

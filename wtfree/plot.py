@@ -3,7 +3,8 @@ r"""Plots runs' metrics.jsonl side by side: accuracy, loss, and per layer the al
     python -m wtfree.plot runs/mnist_bp runs/mnist_fa runs/mnist_kp --out report.png \
         [--labels bp,fa,kp]
 
-One figure file: test accuracy and train/test loss against epochs on the first row, then a row
+One figure file: test accuracy (for regression runs, which log no accuracy, the test NSE) and
+train/test loss against epochs on the first row, then a row
 per layer with the angle between B and W and the angle between the rule's error signal and
 backprop's (degrees). One line per run, labelled by its workdir's name unless ``--labels``;
 layers come from the keys, and a run without a key has no line in that panel. A run still
@@ -97,16 +98,25 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
             ax.plot(epochs, [scale * v for v in values], color=color, **kwargs)
 
     accuracy, loss = axes[0]
+    # Regression runs (squared error on a teacher) log the normalized squared error instead.
+    regression = not any("test/accuracy" in run for run in runs)
+    regression = regression and any("test/nse" in run for run in runs)
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         color = colors[i % len(colors)]
-        draw(accuracy, run, "test/accuracy", color, scale=100.0, label=label, marker=".")
+        if regression:
+            draw(accuracy, run, "test/nse", color, label=label, linewidth=1.0)
+        else:
+            draw(accuracy, run, "test/accuracy", color, scale=100.0, label=label, marker=".")
         draw(loss, run, "train/loss", color, linewidth=1.0)
         draw(loss, run, "test/loss", color, linestyle="--", marker=".")
         for row, layer in enumerate(layer_names, start=1):
             for col, (kind, _) in enumerate(ANGLES):
                 draw(axes[row][col], run, f"align/{kind}/{layer}", color, linewidth=1.0)
 
-    accuracy.set(title="test accuracy", ylabel="%")
+    if regression:
+        accuracy.set(title="test NSE (normalized squared error)", yscale="log")
+    else:
+        accuracy.set(title="test accuracy", ylabel="%")
     accuracy.legend(fontsize="small")
     loss.set(title="loss", yscale="log")
     loss.legend(

@@ -123,10 +123,11 @@ def make_train_step(model, tx, loss_name: str):
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        measurements = {
-            "train/loss": value,
-            "train/accuracy": metrics.correct(logits, batch["label"]).mean(),
-        }
+        measurements = {"train/loss": value}
+        if batch["label"].ndim == 1:  # class labels
+            measurements["train/accuracy"] = metrics.correct(logits, batch["label"]).mean()
+        else:  # regression targets
+            measurements["train/nse"] = metrics.normalized_squared_error(logits, batch["label"])
         return new_state, measurements
 
     return train_step
@@ -176,6 +177,11 @@ def make_eval_step(model, loss_name: str, top_k: tuple[int, ...] = (1,)):
         logits = logits.astype(jnp.float32)
         mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
         sums = {"loss": jnp.sum(loss_fn(logits, batch["label"]) * mask), "count": mask.sum()}
+        if batch["label"].ndim > 1:  # regression targets: the NSE's two sums (see evaluate)
+            error = jnp.sum(jnp.square(logits - batch["label"]), axis=-1)
+            sums["nse/error"] = jnp.sum(error * mask)
+            sums["nse/target"] = jnp.sum(jnp.sum(jnp.square(batch["label"]), axis=-1) * mask)
+            return sums
         for k in top_k:
             key = "accuracy" if k == 1 else f"accuracy_top{k}"
             sums[key] = jnp.sum(metrics.correct(logits, batch["label"], k) * mask)
@@ -242,7 +248,10 @@ def evaluate(
             jax.block_until_ready(totals)  # see train_and_evaluate: never queue too many steps
     totals = jax.device_get(totals)
     count = totals.pop("count")
-    return {f"{split}/{k}": float(v / count) for k, v in totals.items()}
+    out = {f"{split}/{k}": float(v / count) for k, v in totals.items() if not k.startswith("nse/")}
+    if "nse/target" in totals:  # metrics.normalized_squared_error over the whole split
+        out[f"{split}/nse"] = float(totals["nse/error"] / totals["nse/target"])
+    return out
 
 
 def prepare_data(ds: data.Dataset) -> None:
@@ -265,7 +274,10 @@ class Trainer:
         self.mesh = mesh or sharding.make_mesh(config.get("num_devices"))
         sharding.check_batch_size(config.batch_size, self.mesh)
         self.ds = data.get_dataset(
-            config.dataset, data_dir=config.get("data_dir"), idx_dir=config.get("idx_dir")
+            config.dataset,
+            data_dir=config.get("data_dir"),
+            idx_dir=config.get("idx_dir"),
+            **config.get("dataset_kwargs", {}),
         )
         prepare_data(self.ds)
         self.model = make_model(config, self.ds.num_classes)

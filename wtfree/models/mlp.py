@@ -8,7 +8,14 @@ import jax.numpy as jnp
 
 from wtfree import layers, rules
 
-ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh}
+ACTIVATIONS = {
+    "sigmoid": nn.sigmoid,
+    "relu": nn.relu,
+    "tanh": jnp.tanh,
+    # A linear network (Lillicrap et al. 2016's 30-20-10 task); two names for the same thing.
+    "identity": lambda x: x,
+    "linear": lambda x: x,
+}
 
 
 def get_activation(name: str):
@@ -26,8 +33,9 @@ class Model(nn.Module):
       widths: hidden layer widths.
       rule: the learning rule of every layer but the last.
       output_rule: the rule of the last layer (None: ``rule``). Some papers keep it ``bp``.
-      activation: ``sigmoid``, ``relu`` or ``tanh``.
+      activation: ``sigmoid``, ``relu``, ``tanh`` or ``identity`` (= ``linear``).
       kernel_scale, kernel_mode, kernel_distribution: the variance-scaling init of W and B.
+      feedback_scale: a stored B is drawn like W, then multiplied by this.
       random_bias: draw biases like W (the seed does) instead of zeros.
     """
 
@@ -39,6 +47,7 @@ class Model(nn.Module):
     kernel_scale: float = 1.0
     kernel_mode: str = "fan_in"
     kernel_distribution: str = "truncated_normal"
+    feedback_scale: float = 1.0
     random_bias: bool = False
     dtype: jnp.dtype | None = None
 
@@ -64,6 +73,7 @@ class Model(nn.Module):
                 kernel_scale=self.kernel_scale,
                 kernel_mode=self.kernel_mode,
                 kernel_distribution=self.kernel_distribution,
+                feedback_scale=self.feedback_scale,
                 bias_init=bias_init,
                 dtype=self.dtype,
                 name="output" if last else f"hidden_{i}",

@@ -11,6 +11,7 @@ from wtfree.rules.backprop import backprop
 from wtfree.rules.direct_feedback import direct_feedback, direct_feedback_output
 from wtfree.rules.feedback_alignment import feedback_alignment
 from wtfree.rules.kolen_pollack import kolen_pollack
+from wtfree.rules.shallow import shallow
 from wtfree.rules.sign_symmetry import (
     batchwise_random_magnitude_sign,
     fixed_random_magnitude_sign,
@@ -76,6 +77,8 @@ RULES: dict[str, Rule] = {
         ),
         Rule("kp", kolen_pollack, GRADIENT, _stored),
         Rule("wm", weight_mirror, MIRROR, _stored),
+        # Sends no error down, so there is no matrix to compare with W.
+        Rule("shallow", shallow, NONE, None),
     ]
 }
 ALIASES = {"ss": "usf"}
