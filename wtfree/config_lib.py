@@ -44,6 +44,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optim.make_schedule(config.optimizer.schedule, 0.1, total_steps=10)
     if rules.get(config.rule).direct and config.get("output_rule") not in (None, "", "bp", "dfa"):
         raise ValueError(f"output_rule={config.output_rule!r} with rule=dfa; allowed: bp")
+    inputs = ("activations", "normal", "uniform")
+    if "alignment" in config and config.alignment.input not in inputs:
+        raise ValueError(
+            f"alignment.input={config.alignment.input!r}; allowed: {', '.join(inputs)}"
+        )
     for key in ("batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps"):
         if config[key] <= 0:
             raise ValueError(f"{key}={config[key]}; must be a positive integer")
