@@ -2,6 +2,8 @@
 
 import ml_collections
 
+from wtfree.rules import alignment
+
 placeholder = ml_collections.config_dict.placeholder
 
 
@@ -48,6 +50,9 @@ def base_config(
     config.mirror = ml_collections.ConfigDict()
     set_mirror(config, batch_size=128, pretrain_batches=0, decay=0.01)
 
+    config.alignment = ml_collections.ConfigDict()
+    set_alignment(config)
+
     config.log_every_steps = 100
     config.eval_every_steps = 10**9  # besides every epoch's end
     config.checkpoint_every_steps = 1000
@@ -82,6 +87,25 @@ def set_mirror(
     m.noise_std = noise_std
     m.learning_rate = (
         decay / (batch_size * noise_std**2) if learning_rate is None else learning_rate
+    )
+
+
+def set_alignment(
+    config: ml_collections.ConfigDict, *, input: str = "activations", input_std: float = 1.0
+) -> None:
+    """Alignment-loss settings (rules sa, aa, ia, wm_reg; Kunin et al. 2020).
+
+    ``input``: what each layer's alignment loss is fed: ``activations`` (the layer's own input,
+    gradient stopped; the authors' default) or ``normal`` / ``uniform`` noise of std
+    ``input_std`` (as the mirror mode). ``coefficients.<rule>.{alpha,beta,gamma}``: each rule's
+    weights, by default those of the authors' code (``wtfree.rules.alignment`` says which
+    primitive each weighs and where the values come from).
+    """
+    a = config.alignment
+    a.input = input
+    a.input_std = input_std
+    a.coefficients = ml_collections.ConfigDict(
+        {name: dict(rule.defaults) for name, rule in alignment.ALIGNMENTS.items()}
     )
 
 

@@ -297,7 +297,7 @@ def test_each_jitted_op_traces_once(rule):
 
 
 def test_unknown_rule_error_lists_the_known_rules():
-    with pytest.raises(ValueError, match=r"unknown rule 'xx'; known rules: bp, brsf, dfa, fa"):
+    with pytest.raises(ValueError, match=r"unknown rule 'xx'; known rules: aa, bp, brsf, dfa, fa"):
         rules.get("xx")
 
 

@@ -72,6 +72,11 @@ RANGES = (
         "one or more integers >= 1",
     ),
     ("model_kwargs.kernel_scale", lambda v: _number(v) and v > 0, "a number > 0"),
+    (
+        "alignment.input",
+        lambda v: v in ("activations", "normal", "uniform"),
+        "activations, normal, uniform",
+    ),
 )
 
 _MISSING = object()

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wtfree import metrics, rules
+from wtfree import metrics, optim, rules
 
 Array = jax.Array
 
@@ -17,13 +17,20 @@ Array = jax.Array
 FEEDBACK = "feedback"  # B, for rules that store it
 MIRROR = "mirror"  # sown Hebbian products, in mirror mode
 ALIGNMENT = "alignment"  # sown angle of B to W and norm ratio, when measuring
-TRAINED_FEEDBACK = "trained_feedback"  # sown at init where B moves with W (KP)
+TRAINED_FEEDBACK = "trained_feedback"  # sown at init where the optimizer moves B (KP, sa, ...)
 PERTURBATIONS = "perturbations"  # zeros added to layer outputs, to read the error there
+ALIGNMENT_LOSS = "alignment_loss"  # sown primitives of LOSS rules' alignment losses (training)
+# Under TRAINED_FEEDBACK, this leaf (beside where "kernel" would be) marks a B that the optimizer
+# moves along its alignment loss's gradient (LOSS rules), not with W.
+BY_ALIGNMENT_LOSS = optim.BY_ALIGNMENT_LOSS
 
 # Random streams: "feedback" for rules that draw in the backward pass (brSF); "mirror" switches
 # a layer into mirror mode and draws its noise.
 FEEDBACK_RNG = "feedback"
 MIRROR_RNG = "mirror"
+# Either stream, when present, feeds the alignment losses unit-variance noise of that
+# distribution instead of the layer's own input.
+ALIGNMENT_NOISE_RNGS = {"normal": "alignment_normal", "uniform": "alignment_uniform"}
 
 
 def init_std(scale: float, mode: str, shape: Sequence[int]) -> float:
@@ -66,6 +73,9 @@ class _RuleLinear(nn.Module):
             ).value
             if self.is_initializing() and rule.feedback == rules.GRADIENT:
                 self.sow(TRAINED_FEEDBACK, "kernel", jnp.ones((), bool), reduce_fn=_keep_last)
+            if self.is_initializing() and rule.feedback == rules.LOSS:
+                flag = jnp.ones((), bool)
+                self.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
         else:
             b = jnp.asarray(std, self.param_dtype)
 
@@ -73,6 +83,11 @@ class _RuleLinear(nn.Module):
             if rule.feedback == rules.MIRROR:
                 noise = jax.random.normal(self.make_rng(MIRROR_RNG), x.shape, w.dtype)
                 self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
+        if rule.alignment is not None and self.is_mutable_collection(ALIGNMENT_LOSS):
+            values = rules.alignment.primitives(
+                f, self._alignment_input(x, w.dtype), w, b, rule.alignment.primitives
+            )
+            self.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
         if self.is_mutable_collection(ALIGNMENT) and rule.matrix is not None:
             matrix = rule.matrix(w, b)
             self.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
@@ -91,6 +106,19 @@ class _RuleLinear(nn.Module):
             bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
             y = y + jnp.asarray(bias, y.dtype)
         return self.perturb("delta", y, collection=PERTURBATIONS)
+
+    def _alignment_input(self, x: Array, dtype) -> Array:
+        """What the alignment loss is fed: unit-variance noise if a noise stream is given
+        (``ALIGNMENT_NOISE_RNGS``; the train step scales by the noise's variance), else the
+        layer's own input; gradient stopped either way."""
+        if self.has_rng(ALIGNMENT_NOISE_RNGS["normal"]):
+            rng = self.make_rng(ALIGNMENT_NOISE_RNGS["normal"])
+            return jax.random.normal(rng, x.shape, dtype)
+        if self.has_rng(ALIGNMENT_NOISE_RNGS["uniform"]):
+            rng = self.make_rng(ALIGNMENT_NOISE_RNGS["uniform"])
+            half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
+            return jax.random.uniform(rng, x.shape, dtype, -half_width, half_width)
+        return lax.stop_gradient(x).astype(dtype)
 
 
 def _keep_last(previous, value):

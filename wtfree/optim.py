@@ -8,6 +8,9 @@ from flax import traverse_util
 
 TRAIN = "train"
 FROZEN = "frozen"
+ALIGN = "align"  # B moved by the gradient of its alignment loss: W's chain without weight decay
+# The leaf, beside a B's "kernel", that marks it as ALIGN in `trained_feedback` (wtfree.layers).
+BY_ALIGNMENT_LOSS = "by_alignment_loss"
 
 
 def make_schedule(
@@ -70,13 +73,21 @@ def make_optimizer(
     (Nesterov optional). A B marked in ``trained_feedback`` (Kolen-Pollack) goes through the
     very same transform: same :math:`\eta_t`, :math:`\mu`, :math:`\lambda`. Since KP gives B
     W's gradient, plain SGD then shrinks their difference by :math:`(1 - \eta\lambda)` a step.
-    Every other B gets no update from the optimizer (fixed, or moved by the mirror step).
+    A B marked by a ``by_alignment_loss`` leaf (the alignment rules sa, aa, ia, wm_reg, whose
+    B gets the gradient of an alignment loss and nothing from the task loss) goes through the
+    same SGD with the same schedule and momentum but no weight decay: those losses carry their
+    own decay primitive (:math:`\alpha(\|W\|^2 + \|B\|^2)`, gradient :math:`2\alpha B`) with the
+    authors' coefficient, and the optimizer's decay on top would count it twice and move the
+    loss's minimum (SA's :math:`B^* = \tfrac{\beta}{2\alpha}W` would become
+    :math:`\tfrac{\beta}{2\alpha + \lambda}W`). Every other B gets no update from the optimizer
+    (fixed, or moved by the mirror step).
 
     Args:
       learning_rate: :math:`\eta`, or a schedule.
       trained_feedback: a nested dict whose leaves' paths name the B trained with W (as
         ``wtfree.layers`` sows them at init under ``trained_feedback``; only the paths matter,
-        so ``jax.eval_shape`` of the init gives it). Every other B is left alone.
+        so ``jax.eval_shape`` of the init gives it). A leaf ``by_alignment_loss`` in place of
+        ``kernel`` marks a B trained by its alignment loss. Every other B is left alone.
       momentum: :math:`\mu`; 0 for plain SGD.
       nesterov: Nesterov momentum.
       weight_decay: :math:`\lambda`.
@@ -93,14 +104,23 @@ def make_optimizer(
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
 
+    align = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+
     flags = traverse_util.flatten_dict(dict(trained_feedback or {}))
+
+    def label(path):
+        if path in flags:
+            return TRAIN
+        if (*path[:-1], BY_ALIGNMENT_LOSS) in flags:
+            return ALIGN
+        return FROZEN
 
     def labels(variables):
         feedback = traverse_util.flatten_dict(dict(variables.get("feedback", {})))
-        feedback_labels = {k: TRAIN if k in flags else FROZEN for k in feedback}
+        feedback_labels = {k: label(k) for k in feedback}
         return {
             "params": jax.tree.map(lambda _: TRAIN, variables["params"]),
             "feedback": traverse_util.unflatten_dict(feedback_labels),
         }
 
-    return optax.partition({TRAIN: train, FROZEN: optax.set_to_zero()}, labels)
+    return optax.partition({TRAIN: train, ALIGN: align, FROZEN: optax.set_to_zero()}, labels)

@@ -101,19 +101,65 @@ def _step_rngs(state: State) -> dict:
     }
 
 
-def make_train_step(model, tx, loss_name: str):
-    """``train_step(state, batch) -> (state, measurements)``: one step of the model's rule."""
+ALIGNMENT_INPUTS = ("activations", *layers.ALIGNMENT_NOISE_RNGS)
+
+
+def uses_alignment_loss(config: ml_collections.ConfigDict) -> bool:
+    """Whether a layer of the configured model learns B by an alignment loss (sa, aa, ...)."""
+    return any(
+        rules.get(r).feedback == rules.LOSS
+        for r in (config.rule, config.get("output_rule") or config.rule)
+    )
+
+
+def make_train_step(model, tx, loss_name: str, alignment=None):
+    r"""``train_step(state, batch) -> (state, measurements)``: one step of the model's rule.
+
+    With ``alignment`` (``config.alignment``; for the rules sa, aa, ia, wm_reg), the layers
+    sow their alignment primitives and the step minimizes
+    :math:`L_\text{task} + \sum_\text{layers} R_\text{rule}(B)`. Each layer's R sees W and
+    its input with the gradient stopped and the task loss gives B nothing, so in the one
+    gradient W gets the task's alone and B its alignment loss's alone. ``alignment.input`` is
+    ``activations`` (the layer's own input) or ``normal`` / ``uniform`` noise of std
+    ``alignment.input_std``; ``alignment.coefficients`` maps each rule to its alpha, beta,
+    gamma (``wtfree.rules.alignment``).
+    """
     loss_fn = metrics.get_loss(loss_name)
+    if alignment is not None and alignment.input not in ALIGNMENT_INPUTS:
+        raise ValueError(
+            f"alignment.input={alignment.input!r}; allowed: {', '.join(ALIGNMENT_INPUTS)}"
+        )
+
+    def rngs_for(state: State) -> dict:
+        rngs = _step_rngs(state)
+        if alignment is not None and alignment.input in layers.ALIGNMENT_NOISE_RNGS:
+            stream = layers.ALIGNMENT_NOISE_RNGS[alignment.input]
+            rngs[stream] = jax.random.fold_in(jax.random.fold_in(state["rng"], 3), state["step"])
+        return rngs
+
+    def alignment_loss(sown):
+        if alignment is None:
+            return jnp.zeros((), jnp.float32)
+        # Noise primitives are measured at unit variance; they are quadratic in the input.
+        scale = 1.0 if alignment.input == "activations" else alignment.input_std**2
+        coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
+        return rules.alignment.total_loss(sown, coefficients, scale)
+
+    mutable = [layers.ALIGNMENT_LOSS] if alignment is not None else []
 
     def train_step(state: State, batch):
         def loss(trainable):
             variables = {**_variables(state), **trainable}
-            logits, new = _apply(model, variables, batch["image"], True, _step_rngs(state))
+            logits, new = _apply(model, variables, batch["image"], True, rngs_for(state), mutable)
             per_example = loss_fn(logits.astype(jnp.float32), batch["label"])
-            return per_example.mean(), (logits, new)
+            task = per_example.mean()
+            aligning = alignment_loss(new.get(layers.ALIGNMENT_LOSS, {}))
+            return task + aligning, (logits, new, task, aligning)
 
         trainable = {"params": state["params"], "feedback": state["feedback"]}
-        (value, (logits, new)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
+        (_, (logits, new, value, aligning)), grads = jax.value_and_grad(loss, has_aux=True)(
+            trainable
+        )
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         trainable = optax.apply_updates(trainable, updates)
         new_state = {
@@ -128,6 +174,8 @@ def make_train_step(model, tx, loss_name: str):
             measurements["train/accuracy"] = metrics.correct(logits, batch["label"]).mean()
         else:  # regression targets
             measurements["train/nse"] = metrics.normalized_squared_error(logits, batch["label"])
+        if alignment is not None:
+            measurements["train/alignment_loss"] = aligning
         return new_state, measurements
 
     return train_step
@@ -305,7 +353,12 @@ class Trainer:
             self.abstract_state,
         )
         top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
-        train_step = make_train_step(self.model, self.tx, config.loss)
+        train_step = make_train_step(
+            self.model,
+            self.tx,
+            config.loss,
+            alignment=config.alignment if uses_alignment_loss(config) else None,
+        )
         step_shardings = dict(
             in_shardings=(replicated, batch),
             out_shardings=(replicated, replicated),

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 
 from wtfree.rules._feedback import LinearFn, feedback_linear
+from wtfree.rules.alignment import ALIGNMENTS, Alignment, alignment_feedback
 from wtfree.rules.backprop import backprop
 from wtfree.rules.direct_feedback import direct_feedback, direct_feedback_output
 from wtfree.rules.feedback_alignment import feedback_alignment
@@ -24,6 +25,7 @@ NONE = "none"  # stores no B (bp; sign rules derive it from W, given the layer's
 FIXED = "fixed"  # B drawn once, never trained (fa, frsf, dfa)
 GRADIENT = "gradient"  # B gets W's gradient and moves with W in the optimizer (kp)
 MIRROR = "mirror"  # B trained by the weight-mirror step (wm)
+LOSS = "loss"  # B trained by the optimizer on its alignment loss (sa, aa, ia, wm_reg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +36,14 @@ class Rule:
       name: the registry name.
       apply: ``apply(f, x, w, b, rng) -> f(x, w)`` with the rule's backward pass. ``b`` is the
         stored feedback weights, or for rules with ``feedback == NONE`` the layer's init std.
-      feedback: what B is and how it learns: NONE, FIXED, GRADIENT or MIRROR.
+      feedback: what B is and how it learns: NONE, FIXED, GRADIENT, MIRROR or LOSS.
       direct: the error reaches hidden layers straight from the output (DFA): the layers train
         locally and the model routes the error with ``direct_feedback``.
       needs_rng: the backward pass draws random numbers (brSF).
       matrix: ``matrix(w, b) -> B``, the matrix (shaped like W) the error goes down through,
         for measuring its angle to W; None for DFA, whose B is not shaped like W. For brSF, the
         expectation of B.
+      alignment: for LOSS rules, the alignment loss B learns by (``rules.alignment``).
     """
 
     name: str
@@ -49,6 +52,7 @@ class Rule:
     matrix: Callable | None
     direct: bool = False
     needs_rng: bool = False
+    alignment: Alignment | None = None
 
     @property
     def stores_feedback(self) -> bool:
@@ -79,6 +83,10 @@ RULES: dict[str, Rule] = {
         Rule("wm", weight_mirror, MIRROR, _stored),
         # Sends no error down, so there is no matrix to compare with W.
         Rule("shallow", shallow, NONE, None),
+        *(
+            Rule(name, alignment_feedback, LOSS, _stored, alignment=a)
+            for name, a in ALIGNMENTS.items()
+        ),
     ]
 }
 ALIASES = {"ss": "usf"}
@@ -100,9 +108,11 @@ def get(name: str) -> Rule:
 __all__ = [
     "FIXED",
     "GRADIENT",
+    "LOSS",
     "MIRROR",
     "NONE",
     "RULES",
+    "Alignment",
     "LinearFn",
     "Rule",
     "apply_hebbian",

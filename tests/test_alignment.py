@@ -1,0 +1,348 @@
+"""Alignment rules (sa, aa, ia, wm_reg): primitives' B-gradients against hand-derived closed
+forms (dense, and conv through an explicit im2col), SA's convergence, amp vs the mirror's Hebbian
+product, and the train step's split: W learns from the task alone, B from its alignment loss."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+from jax import lax
+
+from configs import common
+from wtfree import config_lib, layers, metrics, models, optim, rules, train_lib
+from wtfree.models import mlp
+from wtfree.rules import alignment
+
+RTOL, ATOL = 1e-4, 1e-5
+PAD = 1  # SAME for a 3x3 kernel at stride 1
+
+
+def dense(x, w):
+    return x @ w
+
+
+def conv(x, w):
+    return lax.conv_general_dilated(
+        x, w, (1, 1), [(PAD, PAD)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def im2col(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """(n, H, W, C) -> (n * positions, kh * kw * C), rows in the conv output's order."""
+    xp = np.pad(x, ((0, 0), (PAD, PAD), (PAD, PAD), (0, 0)))
+    n, hp, wp, _ = xp.shape
+    rows = []
+    for b in range(n):
+        for i in range(hp - kh + 1):
+            for j in range(wp - kw + 1):
+                rows.append(xp[b, i : i + kh, j : j + kw, :].reshape(-1))
+    return np.stack(rows)
+
+
+def col2im(cols: np.ndarray, x_shape, kh: int, kw: int) -> np.ndarray:
+    """The transpose of im2col: adds each row's patch back where it came from."""
+    n, h, w, c = x_shape
+    xp = np.zeros((n, h + 2 * PAD, w + 2 * PAD, c))
+    k = 0
+    for b in range(n):
+        for i in range(h + 2 * PAD - kh + 1):
+            for j in range(w + 2 * PAD - kw + 1):
+                xp[b, i : i + kh, j : j + kw, :] += cols[k].reshape(kh, kw, c)
+                k += 1
+    return xp[:, PAD : PAD + h, PAD : PAD + w, :]
+
+
+def _case(op: str, seed: int = 0):
+    """(f, x, w, b, X, Wf, Bf, unflatten): the layer, and its matrix form Y = X Wf."""
+    rng = np.random.default_rng(seed)
+    if op == "dense":
+        x, w, b = rng.normal(size=(6, 5)), rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+        return dense, x, w, b, x, w, b, lambda m: m
+    shape = (3, 3, 2, 4)
+    x, w, b = rng.normal(size=(2, 5, 5, 2)), rng.normal(size=shape), rng.normal(size=shape)
+    return (
+        conv,
+        x,
+        w,
+        b,
+        im2col(x, 3, 3),
+        w.reshape(-1, 4),
+        b.reshape(-1, 4),
+        lambda m: m.reshape(shape),
+    )
+
+
+def _grad_b(name, f, x, w, b):
+    return jax.grad(lambda b_: alignment.primitives(f, x, w, b_, (name,))[name])(
+        jnp.asarray(b, jnp.float32)
+    )
+
+
+@pytest.mark.parametrize("op", ["dense", "conv"])
+def test_each_primitive_value_and_b_gradient_match_their_closed_forms(op):
+    f, x, w, b, xm, wf, bf, unflatten = _case(op)
+    n = x.shape[0]
+    ym = xm @ wf  # every position of every example, as rows
+    if op == "dense":
+        reconstruction = ym @ bf.T
+        grad_null = 2 / n * reconstruction.T @ ym
+    else:
+        reconstruction = col2im(ym @ bf.T, x.shape, 3, 3)
+        grad_null = 2 / n * im2col(reconstruction, 3, 3).T @ ym
+    expected = {
+        "decay": (np.sum(w**2) + np.sum(b**2), 2 * bf),
+        "sparse": ((np.sum(ym**2) + np.sum((xm @ bf) ** 2)) / n, 2 / n * xm.T @ xm @ bf),
+        "null": (np.sum(reconstruction**2) / n, grad_null),
+        "self": (-np.sum(w * b), -wf),
+        "amp": (-np.sum((xm @ bf) * ym) / n, -1 / n * xm.T @ ym),
+    }
+    args = [jnp.asarray(a, jnp.float32) for a in (x, w, b)]
+    values = alignment.primitives(f, *args)
+    assert set(values) == set(alignment.PRIMITIVES)
+    for name, (value, grad) in expected.items():
+        np.testing.assert_allclose(values[name], value, rtol=RTOL, err_msg=name)
+        np.testing.assert_allclose(
+            _grad_b(name, f, *args), unflatten(grad), rtol=RTOL, atol=ATOL, err_msg=name
+        )
+
+
+@pytest.mark.parametrize("op", ["dense", "conv"])
+def test_primitives_give_w_and_x_no_gradient(op):
+    f, x, w, b, *_ = _case(op)
+    args = [jnp.asarray(a, jnp.float32) for a in (x, w, b)]
+
+    def total(x, w, b):
+        return sum(alignment.primitives(f, x, w, b).values())
+
+    gx, gw, gb = jax.grad(total, argnums=(0, 1, 2))(*args)
+    assert not np.any(gx) and not np.any(gw) and np.any(gb)
+
+
+@pytest.mark.parametrize("op", ["dense", "conv"])
+def test_amp_gradient_is_minus_the_mirror_hebbian_product_times_positions_over_batch(op):
+    # hebbian() sums over the batch and averages over a conv's P output positions; amp sums
+    # over units (positions included) and averages over the batch: grad_B amp = -(P/n) H.
+    f, x, w, b, *_ = _case(op)
+    x, w, b = (jnp.asarray(a, jnp.float32) for a in (x, w, b))
+    n, positions = x.shape[0], int(np.prod(f(x, w).shape[1:-1]))
+    hebbian = rules.hebbian(f, w, x)
+    np.testing.assert_allclose(
+        _grad_b("amp", f, x, w, b), -positions / n * hebbian, rtol=RTOL, atol=ATOL
+    )
+
+
+def test_sa_gradient_descent_follows_its_closed_form_to_w():
+    # SA = alpha decay + beta self is a quadratic in B with gradient 2 alpha B - beta W, so
+    # B_t = B* + (1 - 2 eta alpha)^t (B_0 - B*), B* = beta / (2 alpha) W, whatever x is.
+    f, x, w, b, *_ = _case("dense")
+    x, w, b0 = (jnp.asarray(a, jnp.float32) for a in (x, w, b))
+    coefficients, eta = {"alpha": 0.5, "beta": 0.3}, 0.2
+    sa = alignment.ALIGNMENTS["sa"]
+
+    def loss(b):
+        return sa.loss(alignment.primitives(f, x, w, b, sa.primitives), coefficients)
+
+    b = b0
+    target = 0.3 / (2 * 0.5) * w
+    for t in range(1, 61):
+        b = b - eta * jax.grad(loss)(b)
+        if t in (1, 10, 60):
+            expected = target + (1 - 2 * eta * 0.5) ** t * (b0 - target)
+            np.testing.assert_allclose(b, expected, rtol=1e-4, atol=1e-6)
+    assert metrics.angle(b, w) < 0.01
+    # With the authors' defaults (alpha 1e-3, beta 2e-3) the minimum is W itself.
+    d = alignment.ALIGNMENTS["sa"].defaults
+    assert d["beta"] / (2 * d["alpha"]) == 1.0
+
+
+def _alignment_config(input="activations", input_std=1.0, **coefficients):
+    config = common.base_config(
+        rule="sa", dataset="mnist", model="mlp", batch_size=8, num_epochs=1, learning_rate=0.1
+    )
+    common.set_alignment(config, input=input, input_std=input_std)
+    for rule, values in coefficients.items():
+        config.alignment.coefficients[rule].update(values)
+    return config.alignment
+
+
+def _mlp(rule):
+    return mlp.Model(num_classes=3, widths=(6,), rule=rule, activation="tanh")
+
+
+def _batch(seed=0, n=8):
+    kx, ky = jax.random.split(jax.random.key(seed))
+    return {
+        "image": jax.random.normal(kx, (n, 4, 3, 1)),
+        "label": jax.random.randint(ky, (n,), 0, 3),
+    }
+
+
+def _state(model, tx, batch):
+    return train_lib.init_state(model, tx, jax.random.key(1), batch["image"].shape)
+
+
+def _tx(model, batch, lr, weight_decay=0.0, momentum=0.0):
+    _, flags = train_lib.init_variables(model, jax.random.key(1), batch["image"].shape)
+    return optim.make_optimizer(lr, flags, weight_decay=weight_decay, momentum=momentum)
+
+
+MODELS = {
+    "mlp": (_mlp, (8, 4, 3, 1)),
+    "lenet": (lambda r: models.get("lenet")(num_classes=3, rule=r), (2, 28, 28, 1)),
+}
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("rule", sorted(alignment.ALIGNMENTS))
+def test_task_loss_gives_w_fas_gradient_and_b_nothing(rule, model_name):
+    model_fn, x_shape = MODELS[model_name]
+    model, fa = model_fn(rule), model_fn("fa")
+    x = jax.random.normal(jax.random.key(2), x_shape)
+    labels = jnp.arange(x_shape[0]) % 3
+    variables = model.init(jax.random.key(0), x)
+    trainable = {k: variables[k] for k in ("params", "feedback")}
+
+    def task(trainable, m):
+        logits = m.apply(trainable, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    g = jax.grad(task)(trainable, model)
+    g_fa = jax.grad(task)(trainable, fa)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), g["params"], g_fa["params"]
+    )
+    assert not any(np.any(leaf) for leaf in jax.tree.leaves(g["feedback"]))
+
+
+def _flat(tree):
+    return traverse_util.flatten_dict(tree)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight_decay):
+    # SA and wm_reg: B_new = B - lr * grad R with R's closed-form gradient (SA: 2 alpha B -
+    # beta W; wm_reg on the input layer: 2 alpha B - beta/n x^T x W), no weight decay on B even
+    # when W has some; W's update is exactly FA's with the same B.
+    batch, lr = _batch(), 0.1
+    fa = _mlp("fa")
+    fa_step = train_lib.make_train_step(fa, _tx(fa, batch, lr, weight_decay), "softmax_xent")
+    coefficients = {"sa": {"alpha": 0.3, "beta": 0.2}, "wm_reg": {"alpha": 0.05, "beta": 0.7}}
+    for rule in ("sa", "wm_reg"):
+        model = _mlp(rule)
+        tx = _tx(model, batch, lr, weight_decay)
+        state = _state(model, tx, batch)
+        step = train_lib.make_train_step(
+            model, tx, "softmax_xent", _alignment_config(**coefficients)
+        )
+        new, measurements = step(state, batch)
+        fa_new, _ = fa_step(
+            {
+                **state,
+                "opt_state": _tx(fa, batch, lr, weight_decay).init(
+                    {"params": state["params"], "feedback": state["feedback"]}
+                ),
+            },
+            batch,
+        )
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+            new["params"],
+            fa_new["params"],
+        )
+        alpha, beta = coefficients[rule]["alpha"], coefficients[rule]["beta"]
+        b, w = _flat(state["feedback"]), _flat(state["params"])
+        x = np.asarray(batch["image"]).reshape(len(batch["image"]), -1)
+        for path, b_new in _flat(new["feedback"]).items():
+            if rule == "sa":
+                grad = 2 * alpha * b[path] - beta * w[path]
+            elif path[0] == "hidden_0":
+                grad = 2 * alpha * b[path] - beta / len(x) * x.T @ x @ w[path]
+            else:
+                continue  # its input is the hidden layer's output
+            np.testing.assert_allclose(b_new, b[path] - lr * grad, rtol=1e-5, atol=1e-6)
+        assert float(measurements["train/alignment_loss"]) != 0.0
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_noise_input_has_the_configured_variance(distribution):
+    # amp on noise of variance s^2: E[x^T x / n] = s^2 I, so grad_B amp -> -s^2 W. A zero
+    # input shows the layer's own input is not what the loss sees.
+    d, n = 4, 20000
+    layer = layers.Dense(features=3, rule="wm_reg")
+    x = jnp.zeros((n, d))
+    variables = layer.init(jax.random.key(0), x)
+    stream = layers.ALIGNMENT_NOISE_RNGS[distribution]
+
+    def amp(feedback):
+        _, sown = layer.apply(
+            {**variables, "feedback": feedback},
+            x,
+            rngs={stream: jax.random.key(5)},
+            mutable=[layers.ALIGNMENT_LOSS],
+        )
+        return sown[layers.ALIGNMENT_LOSS]["wm_reg"]["amp"]
+
+    grad = jax.grad(amp)(variables["feedback"])["kernel"]
+    w = variables["params"]["kernel"]
+    np.testing.assert_allclose(grad, -w, atol=0.05 * float(jnp.abs(w).max()))
+
+
+def test_train_step_scales_noise_primitives_by_the_noise_variance():
+    batch, lr = _batch(), 1.0
+    model = _mlp("wm_reg")
+    tx = _tx(model, batch, lr)
+    state = _state(model, tx, batch)
+    moves = []
+    for std in (1.0, 2.0):
+        config = _alignment_config("normal", std, wm_reg={"alpha": 0.0, "beta": 1.0})
+        new, _ = train_lib.make_train_step(model, tx, "softmax_xent", config)(state, batch)
+        moves.append(jax.tree.map(jnp.subtract, new["feedback"], state["feedback"]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 4 * a, rtol=1e-5), *moves)
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet20"])
+def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name):
+    model = models.get(name)(num_classes=3, rule="aa")
+    x = jnp.ones((2, 28, 28, 1) if name == "lenet" else (2, 8, 8, 3))
+    variables = model.init(jax.random.key(0), x, train=False)
+    kernels = {p[:-1] for p in _flat(variables["feedback"])}
+    flags = _flat(variables[layers.TRAINED_FEEDBACK])
+    assert {p[:-1] for p in flags} == kernels
+    assert all(p[-1] == layers.BY_ALIGNMENT_LOSS for p in flags)
+    _, sown = model.apply(
+        {k: v for k, v in variables.items() if k in train_lib.STATE_COLLECTIONS},
+        x,
+        train=False,
+        mutable=[layers.ALIGNMENT_LOSS],
+    )
+    sown = _flat(sown[layers.ALIGNMENT_LOSS])
+    assert {p[:-2] for p in sown} == kernels
+    assert all(p[-2] == "aa" and p[-1] in ("sparse", "amp") for p in sown)
+
+
+def test_registry_and_config_hold_every_alignment_rule():
+    config = _alignment_config()
+    for name, a in alignment.ALIGNMENTS.items():
+        rule = rules.get(name)
+        assert rule.feedback == rules.LOSS and rule.alignment is a and rule.stores_feedback
+        assert dict(config.coefficients[name]) == dict(a.defaults)
+        assert set(a.primitives) <= set(alignment.PRIMITIVES)
+    bad = ml_collections.ConfigDict(
+        common.base_config(
+            rule="sa", dataset="mnist", model="mlp", batch_size=8, num_epochs=1, learning_rate=1
+        )
+    )
+    bad.alignment.input = "gaussian"
+    with pytest.raises(ValueError, match="alignment.input='gaussian'; allowed: activations"):
+        config_lib.validate(bad)
+
+
+def test_alignment_loss_ignores_nn_modules_named_like_rules():
+    # total_loss only weighs leaves shaped as {primitive: value}: a submodule called "sa"
+    # holding a layer's sown losses is walked into, not weighed.
+    sown = {"sa": {"layer": {"ia": {"amp": 2.0, "null": 3.0, "decay": 5.0}}}}
+    total = alignment.total_loss(sown, {"ia": {"alpha": 1.0, "beta": 10.0, "gamma": 100.0}})
+    assert float(total) == pytest.approx(2.0 + 30.0 + 500.0)
