@@ -53,6 +53,7 @@ def test_a_run_needs_some_length():
         ({"num_devices": 4, "eval_batch_size": 10}, "eval_batch_size=10; allowed: a multiple"),
         ({"idx_dir": "/no/such/dir"}, "idx_dir='/no/such/dir' is not a directory"),
         ({"data_dir": "/no/such/dir"}, "data_dir='/no/such/dir' is not a directory"),
+        ({"init_from": "/no/such/run"}, "init_from='/no/such/run' is not a directory"),
         ({"dataset": "cifar10"}, "dataset=cifar10 is not prepared in"),
         ({"dataset": "fashion_mnist"}, "or --config.idx_dir=DIR"),
     ],

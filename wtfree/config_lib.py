@@ -157,7 +157,7 @@ def validate_resources(config: ml_collections.ConfigDict) -> None:
 def _validate_data(config: ml_collections.ConfigDict) -> None:
     from etils import epath
 
-    for key in ("idx_dir", "data_dir"):
+    for key in ("idx_dir", "data_dir", "init_from"):
         value = config.get(key)
         if value and not epath.Path(value).is_dir():
             raise ValueError(f"{key}={value!r} is not a directory; allowed: an existing directory")
