@@ -142,7 +142,7 @@ def test_mirror_step_moves_b_towards_w():
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--config=configs/mnist_mlp.py:rule=xx"], "unknown rule 'xx'; known rules: bp"),
+        (["--config=configs/mnist_mlp.py:rule=xx"], "unknown rule 'xx'; known rules: aa, bp"),
         (["--config=configs/mnist_mlp.py", "--config.optimizr.lr=1"], "unknown config key"),
         (["--config=configs/mnist_mlp.py", "--config.no_such_key=1"], "unknown config key"),
         (
@@ -151,6 +151,10 @@ def test_mirror_step_moves_b_towards_w():
         ),
         (["--config=configs/mnist_mlp.py", "--config.dataset=xx"], "unknown dataset 'xx'"),
         (["--config=configs/mnist_mlp.py:rul=kp"], "bad config argument 'rul=kp'"),
+        (
+            ["--config=configs/mnist_mlp.py:rule=ia", "--config.alignment.input=gaussian"],
+            "alignment.input='gaussian'; allowed: activations, normal, uniform",
+        ),
     ],
 )
 def test_bad_configs_exit_2_with_one_line(args, expected, tmp_path):
