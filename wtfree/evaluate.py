@@ -7,7 +7,6 @@ and written to ``WORKDIR/eval_<step>.json``.
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -28,12 +27,8 @@ def main(argv: list[str]) -> None:
     try:
         result = train_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
     except (errors.RunError, ValueError) as e:
-        print(f"wtfree.evaluate: error: {e}", file=sys.stderr, flush=True)
-        # Not sys.exit: after a failed read, tensorstore callbacks still in flight may reach
-        # orbax's closed event loop during shutdown and print a traceback under the one line.
-        # Nothing was written, so there is nothing to clean up.
-        sys.stdout.flush()
-        os._exit(2)
+        print(f"wtfree.evaluate: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(result))
 
 

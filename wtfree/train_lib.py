@@ -16,7 +16,19 @@ from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from wtfree import checkpoints, data, errors, layers, metrics, models, optim, paths, rules, sharding
+from wtfree import (
+    checkpoints,
+    config_lib,
+    data,
+    errors,
+    layers,
+    metrics,
+    models,
+    optim,
+    paths,
+    rules,
+    sharding,
+)
 from wtfree import logs as logs_lib
 from wtfree import preemption as preemption_lib
 from wtfree import workdir as workdir_lib
@@ -489,11 +501,14 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: epath.Path):
     changes, lock, error = {}, None, None
     if jax.process_index() == 0:
         try:
-            changes = workdir_lib.check_config(config, workdir)
             lock = workdir_lib.Lock(workdir)
-            lock.acquire()
+            lock.acquire()  # first, so that no other run rewrites config.json meanwhile
+            changes = workdir_lib.check_config(config, workdir)
         except errors.RunError as e:
             error = e
+            if lock is not None:
+                lock.release()
+                lock = None
     if jax.process_count() > 1:
         failed = multihost_utils.broadcast_one_to_all(jnp.int32(error is not None))
         if failed and error is None:
@@ -608,6 +623,7 @@ def evaluate_checkpoint(workdir: epath.PathLike, step: int | None = None) -> dic
     if not config_path.exists():
         raise errors.RunError(f"{str(workdir)!r} holds no config.json: not a wtfree workdir")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    config_lib.validate_resources(config)  # the data may have moved since (ValueError)
     trainer = Trainer(config)
     with checkpoints.make_manager(workdir) as manager:
         if manager.latest_step() is None:
