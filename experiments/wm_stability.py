@@ -155,6 +155,7 @@ def main() -> None:
         "lr": args.lr,
         "mode": args.mode,
         "set": args.set,
+        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate")},
         "steps": len(losses),
         "finite": finite,
         "loss_first": round(float(np.mean(losses[:10])), 4),

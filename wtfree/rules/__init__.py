@@ -70,7 +70,7 @@ RULES: dict[str, Rule] = {
         Rule("bp", backprop, NONE, lambda w, b: w),
         Rule("fa", feedback_alignment, FIXED, _stored),
         Rule("dfa", backprop, FIXED, None, direct=True),
-        # Han, Park, Lee & Yoo 2019/2020: DFA between modules, backprop inside them.
+        # Han, Park, Ryu & Yoo 2020 (arXiv): DFA between modules, backprop inside them.
         Rule("dfa_block", backprop, FIXED, None, direct=True, block_wise=True),
         Rule("usf", uniform_sign, NONE, lambda w, b: b * jnp.sign(w)),
         Rule("frsf", fixed_random_magnitude_sign, FIXED, lambda w, b: jnp.abs(b) * jnp.sign(w)),
