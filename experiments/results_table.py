@@ -3,7 +3,8 @@ r"""Markdown tables of a sweep's runs: test accuracy per epoch, and per layer th
     .venv/bin/python experiments/results_table.py runs/fmr
 
 Reads every ``<dir>/*/metrics.jsonl``. Runs named ``<rule>_s<seed>``: seeds of one rule are
-averaged (mean, and the spread max - min in parentheses). Angles are the last logged values.
+averaged (mean, and the spread max - min in parentheses). Angles are the last logged values,
+averaged over a rule's finished runs (over its unfinished ones where none finished).
 """
 
 import collections
@@ -33,7 +34,7 @@ def main(root: str) -> None:
             rule = name.rsplit("_s", 1)[0]
             runs[rule].append(load(os.path.join(root, name)))
     epochs = sorted({e for r in runs.values() for acc, _ in r for e in acc})
-    print("| rule | seeds | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
+    print("| rule | runs (finished) | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
     print("|---|---|" + "---|" * len(epochs))
     for rule, results in runs.items():
         cells = []
@@ -46,7 +47,8 @@ def main(root: str) -> None:
             else:
                 spread = max(values) - min(values)
                 cells.append(f"{statistics.mean(values):.2f} ({spread:.2f}, n={len(values)})")
-        print(f"| {rule} | {len(results)} | " + " | ".join(cells) + " |")
+        finished = sum(epochs[-1] in acc for acc, _ in results)
+        print(f"| {rule} | {len(results)} ({finished}) | " + " | ".join(cells) + " |")
     print()
     for kind in ("weight_angle", "delta_angle", "norm_ratio"):
         layers = sorted(
@@ -64,6 +66,9 @@ def main(root: str) -> None:
         print("| rule | " + " | ".join(layers) + " |")
         print("|---|" + "---|" * len(layers))
         for rule, results in runs.items():
+            # Angles of finished runs only, where a rule has any (a new seed's are early ones).
+            done = [r for r in results if epochs[-1] in r[0]]
+            results = done or results
             cells = []
             for layer in layers:
                 values = [
