@@ -22,7 +22,7 @@ per step.
 
 Measured test accuracy after 5 epochs (seed 0; README, "A residual net on Fashion-MNIST", has
 every epoch and the angles): bp 90.82, wm 90.30, kp 90.23, usf 89.47, frsf 87.64, brsf 87.32,
-fa 81.62. dfa and seeds 1-2 were not finished when this was written.
+fa 81.62. dfa and seeds 1-2 were not run in time (the sweep runs them).
 
 Hyperparameters, the same for every rule unless said:
 - SGD, momentum 0.9, learning rate 0.1 with cosine decay to 0 over the run, batch 128, weight
