@@ -48,7 +48,7 @@ def base_config(
     config.optimizer.boundaries = ()
 
     config.mirror = ml_collections.ConfigDict()
-    set_mirror(config, batch_size=128, pretrain_batches=0, decay=0.01)
+    set_mirror(config, batch_size=128, pretrain_batches=0, decay=0.1)
 
     config.alignment = ml_collections.ConfigDict()
     set_alignment(config)
@@ -78,6 +78,12 @@ def set_mirror(
     B's fixed point is ``learning_rate * batch_size * noise_std**2 / decay`` times W (the
     Hebbian product sums over the batch and averages over a conv's positions), so the default
     learning rate, ``decay / (batch_size * noise_std**2)``, settles B at W itself in every layer.
+
+    The decay also sets how far B lags W: B is an average of W over the last ``every / decay``
+    steps. docs/weight_mirrors.md measured a lag of 30-100 steps blowing LeNet up at
+    backprop's learning rate, and 10 steps training; hence the default decay 0.1 (lag 10). B's
+    estimation noise grows with ``decay / batch_size``: a larger decay wants a larger batch
+    where layers are wide and have no conv positions to average over.
     """
     m = config.mirror
     m.batch_size = batch_size

@@ -38,7 +38,8 @@ from wtfree import config_lib
 # fa and dfa diverge at 0.01 (measured: the loss passes 1e5 within 200 steps) and train at
 # 0.001, which is also biotorch's LeNet rate for fa (benchmark_configs/cifar10/le_net/sgd/fa.yaml).
 # wm blows up at 0.01 too, within 200 steps, while its B is still 10-30 degrees from W (measured;
-# bp and kp are fine there), and trains at 0.003.
+# bp and kp are fine there), and trains at 0.003. docs/weight_mirrors.md: the mirror's lag
+# (decay 0.01: B averages W over 100 steps) is the cause; no mirror setting tried trains at 0.01.
 LEARNING_RATES = {"fa": 0.001, "dfa": 0.001, "wm": 0.003}
 
 

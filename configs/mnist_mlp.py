@@ -30,6 +30,9 @@ Weight-Transport):
   (matched for W and B).
 - Pixels are k/255 (the seed's keras MNIST does the same); the offline copy of MNIST is the
   same 60k/10k images as keras'.
+- Data order: every epoch visits the training images in a fresh random order (a permutation
+  drawn from the seed and the epoch, as every wtfree config does); the seed's code walks them
+  in the same fixed order every epoch. There is no option for the fixed order.
 """
 
 import ml_collections

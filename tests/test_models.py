@@ -87,15 +87,18 @@ def test_registry_names_the_known_models():
 
 
 def _dfa_shapes(name: str, model, x_shape) -> dict:
-    """The expected B of every DirectFeedback, from the shapes of the layers' outputs."""
+    """The expected B of every DirectFeedback, from the shapes of the layers' outputs: under
+    per-layer dfa also every conv inside a block but the last (``direct_k`` in the block)."""
     c = model.num_classes
     if name == "lenet":  # 28x28: conv 24x24x6, conv 8x8x16, dense 120, dense 84
         sizes = [24 * 24 * 6, 8 * 8 * 16, 120, 84]
         return {(f"direct_{i}", "kernel"): (c, size) for i, size in enumerate(sizes)}
 
+    per_layer = not rules.get(model.rule).block_wise
+
     def is_block(mdl, method_name):
         blocks = resnet.BasicBlock | resnet.BottleneckBlock
-        return isinstance(mdl, blocks) and method_name == "__call__"
+        return isinstance(mdl, blocks | layers.Conv) and method_name == "__call__"
 
     _, state = jax.eval_shape(
         lambda x: model.apply(
@@ -103,11 +106,17 @@ def _dfa_shapes(name: str, model, x_shape) -> dict:
         ),
         jnp.zeros(x_shape),
     )
-    blocks = traverse_util.flatten_dict(state["intermediates"])
+    captured = traverse_util.flatten_dict(state["intermediates"])
     shapes = {}
-    for path, (out,) in blocks.items():
-        i, j = path[0].removeprefix("stage").split("_block")
-        shapes[(f"direct_{i}_{j}", "kernel")] = (c, math.prod(out.shape[1:]))
+    last_conv = {"basic": "conv_1", "bottleneck": "conv_2"}[model.block]
+    for path, value in captured.items():
+        out = value[0][0] if isinstance(value[0], tuple) else value[0]  # (y, carrier) under dfa
+        if len(path) == 2 and path[0].startswith("stage"):  # a block's output
+            i, j = path[0].removeprefix("stage").split("_block")
+            shapes[(f"direct_{i}_{j}", "kernel")] = (c, math.prod(out.shape[1:]))
+        elif per_layer and len(path) == 3 and path[1].startswith("conv_") and path[1] != last_conv:
+            k = path[1].removeprefix("conv_")
+            shapes[(path[0], f"direct_{k}", "kernel")] = (c, math.prod(out.shape[1:]))
     stem = 8 * 8 * model.width if model.stem == "cifar" else 4 * 4 * model.width  # 16x16 /4
     shapes[("direct_init", "kernel")] = (c, stem)
     return shapes
@@ -132,14 +141,29 @@ def test_feedback_collection_holds_one_b_per_kernel_or_per_block(name, rule):
         assert not feedback
 
 
-def test_resnet20_under_dfa_has_a_b_after_the_stem_and_each_of_its_nine_blocks():
-    model = models.get("resnet20")(num_classes=10, rule="dfa")
+def test_resnet20_under_dfa_block_has_a_b_after_the_stem_and_each_of_its_nine_blocks():
+    model = models.get("resnet20")(num_classes=10, rule="dfa_block")
     feedback = _init_shapes(model, (1, 32, 32, 3))[layers.FEEDBACK]
     stage_sizes = [32 * 32 * 16, 16 * 16 * 32, 8 * 8 * 64]
     expected = {"direct_init": (10, 32 * 32 * 16)} | {
         f"direct_{i}_{j}": (10, stage_sizes[i]) for i in range(3) for j in range(3)
     }
     assert {k: v["kernel"].shape for k, v in feedback.items()} == expected
+
+
+def test_resnet20_under_dfa_has_a_b_for_each_of_its_nineteen_hidden_convs():
+    model = models.get("resnet20")(num_classes=10, rule="dfa")
+    feedback = traverse_util.flatten_dict(_init_shapes(model, (1, 32, 32, 3))[layers.FEEDBACK])
+    stage_sizes = [32 * 32 * 16, 16 * 16 * 32, 8 * 8 * 64]
+    expected = {("direct_init", "kernel"): (10, 32 * 32 * 16)}
+    for i in range(3):
+        for j in range(3):
+            expected[(f"direct_{i}_{j}", "kernel")] = (10, stage_sizes[i])
+            expected[(f"stage{i}_block{j}", "direct_0", "kernel")] = (10, stage_sizes[i])
+    assert {k: v.shape for k, v in feedback.items()} == expected
+    assert resnet.direct_feedback_entries(model, (32, 32, 3)) == 10 * (
+        32 * 32 * 16 + 6 * sum(stage_sizes)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

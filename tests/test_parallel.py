@@ -76,7 +76,12 @@ def test_mirror_step_per_device_keeps_b_identical_and_averages_the_hebbian_updat
     got = traverse_util.flatten_dict(jax.device_get(after["feedback"]))
     old = traverse_util.flatten_dict(before["feedback"])
     m = config.mirror
+    # The input layer's B is never used, so it is not mirrored: it stays as it was.
+    assert set(per_device[0]) == set(old) - {("hidden_0", "kernel")}
+    np.testing.assert_array_equal(got[("hidden_0", "kernel")], old[("hidden_0", "kernel")])
     for path, b in old.items():
+        if path not in per_device[0]:
+            continue
         updates = [
             rules.apply_hebbian(
                 b, h[path], learning_rate=m.learning_rate, decay=m.decay, noise_std=m.noise_std

@@ -3,6 +3,7 @@
 import ml_collections
 
 from wtfree import data, metrics, models, optim, rules
+from wtfree.models import resnet
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -107,8 +108,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     metrics.get_loss(config.loss)
     optim.make_schedule(config.optimizer.schedule, 0.1, total_steps=10)
-    if rules.get(config.rule).direct and config.get("output_rule") not in (None, "", "bp", "dfa"):
-        raise ValueError(f"output_rule={config.output_rule!r} with rule=dfa; allowed: bp")
+    rule = rules.get(config.rule)
+    output_rule = config.get("output_rule")
+    if rule.direct and output_rule not in (None, "", "bp") and not rules.get(output_rule).direct:
+        raise ValueError(f"output_rule={output_rule!r} with rule={rule.name}; allowed: bp")
+    if rule.direct and not rule.block_wise:
+        num_classes, image_shape = data.image_spec(config.dataset)
+        model = models.get(config.model)(
+            num_classes=num_classes, rule=config.rule, **dict(config.get("model_kwargs", {}))
+        )
+        if isinstance(model, resnet.Model):
+            resnet.check_direct_feedback(model, image_shape)
     for key, ok, allowed in RANGES:
         value = _lookup(config, key)
         try:

@@ -59,6 +59,11 @@ _SPECS = {
 }
 
 
+def image_spec(name: str) -> tuple[int, tuple[int, int, int]]:
+    """(classes, image shape) of the dataset ``name``, one of `DATASETS`, without reading it."""
+    return _SPECS[name].num_classes, _SPECS[name].image_shape
+
+
 @functools.lru_cache(maxsize=8)
 def _scale_offset(spec: _Spec, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """x * scale - offset == (x / 255 - mean) / std, flattened over the whole image."""

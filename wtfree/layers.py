@@ -53,6 +53,9 @@ class _RuleLinear(nn.Module):
     bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
+    # The layer reads the network's input: the error it would send down reaches no parameter,
+    # so its B is never used. It is not mirrored (wasted work) and not measured (meaningless).
+    input_layer: bool = False
 
     def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
         rule = rules.get(self.rule)
@@ -79,16 +82,18 @@ class _RuleLinear(nn.Module):
         else:
             b = jnp.asarray(std, self.param_dtype)
 
-        if self.has_rng(MIRROR_RNG):
+        if self.has_rng(MIRROR_RNG) and not self.input_layer:
             if rule.feedback == rules.MIRROR:
                 noise = jax.random.normal(self.make_rng(MIRROR_RNG), x.shape, w.dtype)
                 self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
-        if rule.alignment is not None and self.is_mutable_collection(ALIGNMENT_LOSS):
+        aligned = rule.alignment is not None and not self.input_layer
+        if aligned and self.is_mutable_collection(ALIGNMENT_LOSS):
             values = rules.alignment.primitives(
                 f, self._alignment_input(x, w.dtype), w, b, rule.alignment.primitives
             )
             self.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
-        if self.is_mutable_collection(ALIGNMENT) and rule.matrix is not None:
+        measured = not self.input_layer and rule.matrix is not None
+        if self.is_mutable_collection(ALIGNMENT) and measured:
             matrix = rule.matrix(w, b)
             self.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
             norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
@@ -135,6 +140,8 @@ class Dense(_RuleLinear):
       kernel_scale, kernel_mode, kernel_distribution: W (and B) are drawn from
         ``variance_scaling(kernel_scale, kernel_mode, kernel_distribution)``.
       feedback_scale: a stored B is drawn like W, then multiplied by this.
+      input_layer: the layer reads the network's input, so its B sends no error anywhere:
+        it gets no mirror batch and no alignment measurement.
     """
 
     features: int = 0

@@ -85,12 +85,19 @@ def layer_name(path: tuple[str, ...]) -> str:
     return "/".join(path)
 
 
-def delta_angles(rule_deltas, bp_deltas) -> dict[str, Array]:
+def delta_angles(
+    rule_deltas, bp_deltas, output_layers: tuple[str, ...] = ("output",)
+) -> dict[str, Array]:
     """Per layer, the angle between the error the rule sends to a layer's output and backprop's.
+
+    The network's output layer is left out: the error at the logits is the loss gradient under
+    every rule, so its angle is 0 by construction and says nothing about the rule.
 
     Args:
       rule_deltas: gradients w.r.t. the ``perturbations`` collection under the rule.
       bp_deltas: the same under backprop, on the same batch and weights.
+      output_layers: names of layers whose output is the network's (every wtfree model
+        calls its last layer ``output``).
 
     Returns:
       ``{"align/delta_angle/<layer>": degrees}``.
@@ -100,6 +107,7 @@ def delta_angles(rule_deltas, bp_deltas) -> dict[str, Array]:
     return {
         f"align/delta_angle/{layer_name(path[:-1])}": angle(rule_flat[path], bp_flat[path])
         for path in rule_flat
+        if layer_name(path[:-1]) not in output_layers
     }
 
 

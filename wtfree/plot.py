@@ -29,6 +29,9 @@ from wtfree import logs, paths  # noqa: E402
 ANGLES = (("weight_angle", "angle(B, W)"), ("delta_angle", "angle(δ, δ_bp)"))
 
 Series = tuple[list[float], list[float]]  # epochs, values
+# Logged by runs from before wtfree stopped measuring it: the error at the logits is the same
+# under every rule, so this angle is 0 by construction.
+_MEANINGLESS = frozenset({"align/delta_angle/output"})
 
 
 def load_run(workdir: str) -> dict[str, Series]:
@@ -68,7 +71,7 @@ def layers_of(runs: Sequence[dict[str, Series]]) -> list[str]:
         for key in run:
             for kind, _ in ANGLES:
                 prefix = f"align/{kind}/"
-                if key.startswith(prefix):
+                if key.startswith(prefix) and key not in _MEANINGLESS:
                     found.add(key[len(prefix) :])
     return sorted(found, key=_natural)
 
@@ -93,7 +96,7 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
     def draw(ax, run, key, color, scale=1.0, **kwargs):
-        if key in run:
+        if key in run and key not in _MEANINGLESS:
             epochs, values = run[key]
             ax.plot(epochs, [scale * v for v in values], color=color, **kwargs)
 

@@ -5,6 +5,7 @@ from wtfree.models import convnet, mlp, resnet
 MODELS = {
     "mlp": mlp.Model,
     "lenet": convnet.Model,
+    "resnet8": resnet.ResNet8,
     "resnet20": resnet.ResNet20,
     "resnet56": resnet.ResNet56,
     "resnet18": resnet.ResNet18,

@@ -63,6 +63,7 @@ class Model(nn.Module):
                 padding=self.padding,
                 rule=self.rule,
                 name=f"conv_{i}",
+                input_layer=i == 0,
                 **init,
             )(x)
             x, carrier = activate(x, carrier)

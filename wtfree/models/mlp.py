@@ -77,6 +77,7 @@ class Model(nn.Module):
                 bias_init=bias_init,
                 dtype=self.dtype,
                 name="output" if last else f"hidden_{i}",
+                input_layer=i == 0,
             )(x)
             if not last:
                 x = act(x)

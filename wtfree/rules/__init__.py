@@ -39,6 +39,10 @@ class Rule:
       feedback: what B is and how it learns: NONE, FIXED, GRADIENT, MIRROR or LOSS.
       direct: the error reaches hidden layers straight from the output (DFA): the layers train
         locally and the model routes the error with ``direct_feedback``.
+      block_wise: with ``direct``, only the output of each residual block (and of the stem)
+        gets the error straight from the output; the layers inside a block backpropagate it
+        from the block's output (module-wise DFA, Han et al.). Models without blocks treat
+        every layer as its own block, so there it is ``dfa``.
       needs_rng: the backward pass draws random numbers (brSF).
       matrix: ``matrix(w, b) -> B``, the matrix (shaped like W) the error goes down through,
         for measuring its angle to W; None for DFA, whose B is not shaped like W. For brSF, the
@@ -51,6 +55,7 @@ class Rule:
     feedback: str
     matrix: Callable | None
     direct: bool = False
+    block_wise: bool = False
     needs_rng: bool = False
     alignment: Alignment | None = None
 
@@ -70,6 +75,8 @@ RULES: dict[str, Rule] = {
         Rule("bp", backprop, NONE, lambda w, b: w),
         Rule("fa", feedback_alignment, FIXED, _stored),
         Rule("dfa", backprop, FIXED, None, direct=True),
+        # Han, Park, Ryu & Yoo 2020 (arXiv): DFA between modules, backprop inside them.
+        Rule("dfa_block", backprop, FIXED, None, direct=True, block_wise=True),
         Rule("usf", uniform_sign, NONE, lambda w, b: b * jnp.sign(w)),
         Rule("frsf", fixed_random_magnitude_sign, FIXED, lambda w, b: jnp.abs(b) * jnp.sign(w)),
         Rule(

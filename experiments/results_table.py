@@ -1,0 +1,84 @@
+r"""Markdown tables of a sweep's runs: test accuracy per epoch, and per layer the final angles.
+
+    .venv/bin/python experiments/results_table.py runs/fmr
+
+Reads every ``<dir>/*/metrics.jsonl``. Runs named ``<rule>_s<seed>``: seeds of one rule are
+averaged (mean, and the spread max - min in parentheses). Angles are the last logged values,
+averaged over a rule's finished runs (over its unfinished ones where none finished).
+"""
+
+import collections
+import json
+import os
+import statistics
+import sys
+
+
+def load(workdir: str) -> tuple[dict[int, float], dict[str, float]]:
+    accuracy, last = {}, {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        for line in f:
+            d = json.loads(line)
+            if "test/accuracy" in d:
+                accuracy[round(d["epoch"])] = 100 * d["test/accuracy"]
+            for k, v in d.items():
+                if k.startswith("align/") and k != "align/delta_angle/output":
+                    last[k] = v
+    return accuracy, last
+
+
+def main(root: str) -> None:
+    runs = collections.defaultdict(list)
+    for name in sorted(os.listdir(root)):
+        if os.path.exists(os.path.join(root, name, "metrics.jsonl")):
+            rule = name.rsplit("_s", 1)[0]
+            runs[rule].append(load(os.path.join(root, name)))
+    epochs = sorted({e for r in runs.values() for acc, _ in r for e in acc})
+    print("| rule | runs (finished) | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
+    print("|---|---|" + "---|" * len(epochs))
+    for rule, results in runs.items():
+        cells = []
+        for e in epochs:
+            values = [acc[e] for acc, _ in results if e in acc]
+            if not values:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}")
+            else:
+                spread = max(values) - min(values)
+                cells.append(f"{statistics.mean(values):.2f} ({spread:.2f}, n={len(values)})")
+        finished = sum(epochs[-1] in acc for acc, _ in results)
+        print(f"| {rule} | {len(results)} ({finished}) | " + " | ".join(cells) + " |")
+    print()
+    for kind in ("weight_angle", "delta_angle", "norm_ratio"):
+        layers = sorted(
+            {
+                k.split("/", 2)[2]
+                for r in runs.values()
+                for _, a in r
+                for k in a
+                if k.startswith(f"align/{kind}/")
+            }
+        )
+        if not layers:
+            continue
+        print(f"{kind} at the end (mean over seeds):\n")
+        print("| rule | " + " | ".join(layers) + " |")
+        print("|---|" + "---|" * len(layers))
+        for rule, results in runs.items():
+            # Angles of finished runs only, where a rule has any (a new seed's are early ones).
+            done = [r for r in results if epochs[-1] in r[0]]
+            results = done or results
+            cells = []
+            for layer in layers:
+                values = [
+                    a[f"align/{kind}/{layer}"] for _, a in results if f"align/{kind}/{layer}" in a
+                ]
+                fmt = "{:.2f}" if kind == "norm_ratio" else "{:.1f}"
+                cells.append(fmt.format(statistics.mean(values)) if values else "–")
+            print(f"| {rule} | " + " | ".join(cells) + " |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
