@@ -10,8 +10,8 @@ chance accuracy after epoch 1): B relaxes towards its minimum at 2 eta alpha / (
 therefore use fa's LeNet rate, 0.001, and every coefficient 50 times the default, which makes
 that per-step rate 1e-3, the modern MLP's (configs/mnist_mlp_modern.py: 2 * 0.05 * 1e-3 / 0.1);
 bp is rerun at 0.001 beside them, and ia and wm_reg also at their default coefficients
-(``<rule>_x1``), since at 50 times those they diverge (measured). Each run takes 3-10 minutes on a shared 2-core CPU. README
-("Alignment rules") has the measured numbers.
+(``<rule>_x1``), since at 50 times those they diverge (measured). Each run takes 3-10 minutes
+on a shared 2-core CPU. README ("Alignment rules") has the measured numbers.
 """
 
 from wtfree.rules import alignment
