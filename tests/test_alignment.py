@@ -2,6 +2,9 @@
 forms (dense, and conv through an explicit im2col), SA's convergence, amp vs the mirror's Hebbian
 product, and the train step's split: W learns from the task alone, B from its alignment loss."""
 
+import importlib
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,7 +15,7 @@ from flax import traverse_util
 from jax import lax
 
 from configs import common
-from wtfree import config_lib, layers, metrics, models, optim, rules, train_lib
+from wtfree import config_lib, layers, metrics, models, optim, rules, sweep, train_lib
 from wtfree.models import mlp
 from wtfree.rules import alignment
 
@@ -346,3 +349,23 @@ def test_alignment_loss_ignores_nn_modules_named_like_rules():
     sown = {"sa": {"layer": {"ia": {"amp": 2.0, "null": 3.0, "decay": 5.0}}}}
     total = alignment.total_loss(sown, {"ia": {"alpha": 1.0, "beta": 10.0, "gamma": 100.0}})
     assert float(total) == pytest.approx(2.0 + 30.0 + 500.0)
+
+
+@pytest.mark.parametrize(
+    "sweep_file",
+    ["alignment_rules.py", "alignment_noise.py", "alignment_coefficients.py", "alignment_lenet.py"],
+)
+def test_alignment_sweeps_name_every_run_and_override_existing_keys(sweep_file):
+    runs = sweep.load_sweep(os.path.join(sweep.REPO_ROOT, "configs", "sweeps", sweep_file))
+    assert len({run.name for run in runs}) == len(runs)
+    for run in runs:
+        path, _, arg = run.config.partition(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        config = module.get_config(arg)
+        for key, value in run.overrides.items():
+            *parents, last = key.split(".")
+            target = config
+            for parent in parents:
+                target = target[parent]
+            assert last in target, key
+            assert isinstance(value, type(target[last])) or target[last] is None, key

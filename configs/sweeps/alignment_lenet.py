@@ -9,8 +9,9 @@ chance accuracy after epoch 1): B relaxes towards its minimum at 2 eta alpha / (
 2e-4 a step, so for the first thousands of steps it is still the random B of fa. These runs
 therefore use fa's LeNet rate, 0.001, and every coefficient 50 times the default, which makes
 that per-step rate 1e-3, the modern MLP's (configs/mnist_mlp_modern.py: 2 * 0.05 * 1e-3 / 0.1);
-bp is rerun at 0.001 beside them. Each run takes 3-10 minutes on a shared 2-core CPU. README
-("Alignment rules") has the measured numbers.
+bp is rerun at 0.001 beside them, and ia and wm_reg also at their default coefficients
+(``<rule>_x1``), since at 50 times those they diverge (measured). Each run takes 3-10 minutes
+on a shared 2-core CPU. README ("Alignment rules") has the measured numbers.
 """
 
 from wtfree.rules import alignment
@@ -40,6 +41,14 @@ def get_sweep() -> list[dict]:
                 "config": f"configs/mnist_lenet.py:rule={rule},dataset=fashion_mnist",
                 "overrides": {**base, **coefficients},
                 "name": f"{rule}_x{SCALE:g}",
+            }
+        )
+    for rule in ("ia", "wm_reg"):
+        runs.append(
+            {
+                "config": f"configs/mnist_lenet.py:rule={rule},dataset=fashion_mnist",
+                "overrides": base,
+                "name": f"{rule}_x1",
             }
         )
     return runs
