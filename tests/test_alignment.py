@@ -227,8 +227,9 @@ def _flat(tree):
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight_decay):
     # SA and wm_reg: B_new = B - lr * grad R with R's closed-form gradient (SA: 2 alpha B -
-    # beta W; wm_reg on the input layer: 2 alpha B - beta/n x^T x W), no weight decay on B even
-    # when W has some; W's update is exactly FA's with the same B.
+    # beta W; wm_reg: 2 alpha B - beta/n h^T h W, h the layer's input), no weight decay on B even
+    # when W has some; W's update is exactly FA's with the same B. The input layer's B sends no
+    # error anywhere, so it gets no alignment loss and stays where it is.
     batch, lr = _batch(), 0.1
     fa = _mlp("fa")
     fa_step = train_lib.make_train_step(fa, _tx(fa, batch, lr, weight_decay), "softmax_xent")
@@ -258,13 +259,15 @@ def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight
         alpha, beta = coefficients[rule]["alpha"], coefficients[rule]["beta"]
         b, w = _flat(state["feedback"]), _flat(state["params"])
         x = np.asarray(batch["image"]).reshape(len(batch["image"]), -1)
+        h = np.tanh(x @ w[("hidden_0", "kernel")] + w[("hidden_0", "bias")])
         for path, b_new in _flat(new["feedback"]).items():
+            if path[0] == "hidden_0":
+                np.testing.assert_array_equal(b_new, b[path])
+                continue
             if rule == "sa":
                 grad = 2 * alpha * b[path] - beta * w[path]
-            elif path[0] == "hidden_0":
-                grad = 2 * alpha * b[path] - beta / len(x) * x.T @ x @ w[path]
             else:
-                continue  # its input is the hidden layer's output
+                grad = 2 * alpha * b[path] - beta / len(h) * h.T @ h @ w[path]
             np.testing.assert_allclose(b_new, b[path] - lr * grad, rtol=1e-5, atol=1e-6)
         assert float(measurements["train/alignment_loss"]) != 0.0
 
@@ -306,12 +309,15 @@ def test_train_step_scales_noise_primitives_by_the_noise_variance():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 4 * a, rtol=1e-5), *moves)
 
 
-@pytest.mark.parametrize("name", ["lenet", "resnet20"])
-def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name):
+@pytest.mark.parametrize("name, input_layer", [("lenet", "conv_0"), ("resnet20", "conv_init")])
+def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name, input_layer):
+    # Every layer but the input one, whose B sends no error anywhere: no loss, not trained.
     model = models.get(name)(num_classes=3, rule="aa")
     x = jnp.ones((2, 28, 28, 1) if name == "lenet" else (2, 8, 8, 3))
     variables = model.init(jax.random.key(0), x, train=False)
     kernels = {p[:-1] for p in _flat(variables["feedback"])}
+    assert (input_layer,) in kernels
+    kernels.remove((input_layer,))
     flags = _flat(variables[layers.TRAINED_FEEDBACK])
     assert {p[:-1] for p in flags} == kernels
     assert all(p[-1] == layers.BY_ALIGNMENT_LOSS for p in flags)

@@ -192,4 +192,9 @@ def test_a_real_tiny_sweep_then_a_plot_of_its_runs(tmp_path, idx_dir):
         "output: angle(B, W)",
         "output: angle(δ, δ_bp)",
     ]
-    assert all(len(ax.get_lines()) == 1 for ax in fig.axes[2:])  # every layer has its lines
+    # One line where the angle is measured; the input layer's B (never used) and the error at
+    # the logits (the loss gradient under every rule) are marked as not measured.
+    lines = [len(ax.get_lines()) for ax in fig.axes[2:]]
+    assert lines == [0, 1, 1, 0]
+    marked = [[t.get_text() for t in ax.texts] for ax in fig.axes[2:]]
+    assert marked == [["not measured"], [], [], ["not measured"]]

@@ -209,7 +209,10 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_ma
     """wm across two processes: each device draws its own mirror noise (so the result equals
     one process with two devices), only process 0 logs, and a SIGTERM to process 1 alone makes
     both checkpoint at the same step and stop; the rerun then ends where it would have."""
-    steps = 200
+    # Long enough that JAX's preemption notice (sent between the processes through the
+    # coordination service) reaches both before the run ends, even on a loaded machine: with
+    # 200 steps a loaded run once finished first.
+    steps = 1000
     args = ["--rule=wm", f"--steps={steps}", "--checkpoint_every=100000"]
     single = tmp_path / "single.npz"
     _run([_worker(tmp_path / "one", *args, "--local_devices=2", f"--out={single}")])

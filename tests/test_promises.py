@@ -145,10 +145,11 @@ def test_init_from_starts_from_another_runs_checkpoint_at_step_0(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path / "b"))
     first = logs.read_metrics(str(tmp_path / "b"))[0]
     assert first["step"] == 0
-    w, b = last["params"]["hidden_0"]["kernel"], last["feedback"]["hidden_0"]["kernel"]
-    assert first["align/weight_angle/hidden_0"] == pytest.approx(float(metrics.angle(w, b)), 1e-4)
+    # The output layer's B is the one measured (the input layer's is never used).
+    w, b = last["params"]["output"]["kernel"], last["feedback"]["output"]["kernel"]
+    assert first["align/weight_angle/output"] == pytest.approx(float(metrics.angle(w, b)), 1e-4)
     fresh = train_lib.Trainer(config).fresh_state()
-    assert not np.allclose(w, fresh["params"]["hidden_0"]["kernel"])
+    assert not np.allclose(w, fresh["params"]["output"]["kernel"])
     assert sorted(states(tmp_path / "b", config)) == [3]  # its own steps, from 0
 
 

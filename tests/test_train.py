@@ -59,7 +59,9 @@ def test_each_rule_trains_and_writes_every_metric(rule, tmp_path):
     expected |= {f"align/delta_angle/{layer}" for layer in DELTA_LAYERS}
     if rules.get(rule).matrix is not None:  # DFA's B is not shaped like any W
         expected |= {
-            f"align/{k}/{layer}" for k in ("weight_angle", "norm_ratio") for layer in WEIGHT_LAYERS
+            f"align/{k}/{layer}"
+            for k in ("weight_angle", "weight_cosine", "norm_ratio")
+            for layer in WEIGHT_LAYERS
         }
     assert expected <= keys, expected - keys
     assert {k for k in keys if k.startswith("align/")} <= expected

@@ -112,7 +112,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     output_rule = config.get("output_rule")
     if rule.direct and output_rule not in (None, "", "bp") and not rules.get(output_rule).direct:
         raise ValueError(f"output_rule={output_rule!r} with rule={rule.name}; allowed: bp")
-    if rule.direct and not rule.block_wise:
+    if rule.direct and not rule.block_wise and config.dataset in data.image_datasets():
+        # Per-layer B for every hidden conv: refuse a net whose B would not fit, before any work.
         num_classes, image_shape = data.image_spec(config.dataset)
         model = models.get(config.model)(
             num_classes=num_classes, rule=config.rule, **dict(config.get("model_kwargs", {}))

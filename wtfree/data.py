@@ -59,6 +59,11 @@ _SPECS = {
 }
 
 
+def image_datasets() -> tuple[str, ...]:
+    """The image datasets whose shapes `image_spec` knows without reading them."""
+    return tuple(_SPECS)
+
+
 def image_spec(name: str) -> tuple[int, tuple[int, int, int]]:
     """(classes, image shape) of the dataset ``name``, one of `DATASETS`, without reading it."""
     return _SPECS[name].num_classes, _SPECS[name].image_shape

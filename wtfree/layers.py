@@ -76,7 +76,7 @@ class _RuleLinear(nn.Module):
             ).value
             if self.is_initializing() and rule.feedback == rules.GRADIENT:
                 self.sow(TRAINED_FEEDBACK, "kernel", jnp.ones((), bool), reduce_fn=_keep_last)
-            if self.is_initializing() and rule.feedback == rules.LOSS:
+            if self.is_initializing() and rule.feedback == rules.LOSS and not self.input_layer:
                 flag = jnp.ones((), bool)
                 self.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
         else:

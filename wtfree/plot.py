@@ -134,6 +134,10 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
             ax = axes[row][col]
             ax.set(title=f"{layer}: {title}", ylabel="degrees")
             ax.set_ylim(bottom=0)
+            if not ax.get_lines():
+                # Left out on purpose (an input layer's unused B, the logits' error), or a rule
+                # without that angle (DFA's B is not shaped like W): say so, not a blank panel.
+                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center")
     for ax in axes.flat:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
