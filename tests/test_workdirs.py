@@ -1,7 +1,9 @@
 """Workdirs on cloud storage, damaged checkpoints, changed configs, a second run, a NaN."""
 
 import json
+import logging
 import os
+import sys
 
 import jax
 import numpy as np
@@ -179,3 +181,27 @@ def test_a_diverged_run_stops_and_never_saves_after_the_first_nonfinite_loss(tmp
     assert max(saved) == step - 1, (message, saved)
     assert f"last good checkpoint: step {step - 1}" in message
     assert message.startswith(("train/loss is nan", "train/loss is inf"))
+
+
+def _failed_in(function_name: str):
+    def fail():
+        raise ValueError("OUT_OF_RANGE")
+
+    fail.__code__ = fail.__code__.replace(co_name=function_name)
+    try:
+        fail()
+    except ValueError:
+        return sys.exc_info()
+
+
+def test_only_asyncio_reports_of_abandoned_orbax_reads_are_dropped():
+    def record(message, exc_info):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), exc_info)
+
+    lost = "Future exception was never retrieved\nfuture: <Future finished exception=...>"
+    abandoned = _failed_in("_read_array_index_and_device_put")
+    assert not checkpoints._is_not_an_abandoned_read(record(lost, abandoned))
+    # Anything else asyncio reports still gets through: another failure, another message.
+    assert checkpoints._is_not_an_abandoned_read(record(lost, _failed_in("train_step")))
+    assert checkpoints._is_not_an_abandoned_read(record("Unclosed client session", abandoned))
+    assert checkpoints._is_not_an_abandoned_read(record(lost, None))

@@ -1,7 +1,9 @@
 """Orbax checkpoints: save, and restore the newest readable one, setting aside unreadable ones."""
 
+import logging
 import sys
 import time
+import traceback
 
 import jax
 import orbax.checkpoint as ocp
@@ -70,6 +72,17 @@ def _drop_abandoned_reads() -> None:
 
     hook.wtfree_quiet = True
     sys.unraisablehook = hook
+    # A future among those reads that failed too is reported by asyncio's logger instead
+    # ("Future exception was never retrieved"), when it is collected: drop that as well.
+    logging.getLogger("asyncio").addFilter(_is_not_an_abandoned_read)
+
+
+def _is_not_an_abandoned_read(record: logging.LogRecord) -> bool:
+    """False for asyncio's report of an orbax array read whose failure was already reported."""
+    if not record.exc_info or "never retrieved" not in str(record.msg):
+        return True
+    frames = traceback.extract_tb(record.exc_info[2])
+    return not any(f.name.startswith(("_read_array", "async_deserialize")) for f in frames)
 
 
 def _move_tree(src: epath.Path, dst: epath.Path) -> None:
