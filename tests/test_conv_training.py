@@ -14,7 +14,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from wtfree import logs, sharding, train_lib
 
@@ -26,16 +25,7 @@ BATCH = 16
 STEPS = 40
 
 
-@pytest.fixture(autouse=True)
-def fast_prng_and_mock_cifar():
-    # threefry's samplers take seconds per shape to compile on CPU; rbg's do not.
-    previous = jax.config.jax_default_prng_impl
-    jax.config.update("jax_default_prng_impl", "rbg")
-    try:
-        with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-            yield
-    finally:
-        jax.config.update("jax_default_prng_impl", previous)
+pytestmark = pytest.mark.usefixtures("rbg_prng_and_mock_data")
 
 
 def small_config(rule: str, model: str = "lenet", **model_kwargs):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from tests.test_train import tiny_config
+from tests.test_train import interrupt_at_step_6, tiny_config
 from wtfree import checkpoints, logs, metrics, optim, sharding, train_lib
 
 
@@ -118,17 +118,7 @@ def test_exact_resume_with_momentum_weight_decay_and_a_schedule(tmp_path, monkey
     )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train_lib.train_and_evaluate(config, str(whole))
-    write = logs.MetricWriter.write
-
-    def interrupt(self, step, epoch, values):
-        if step == 6:
-            raise KeyboardInterrupt("simulated preemption")
-        return write(self, step, epoch, values)
-
-    monkeypatch.setattr(logs.MetricWriter, "write", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train_lib.train_and_evaluate(config, str(broken))
-    monkeypatch.setattr(logs.MetricWriter, "write", write)
+    interrupt_at_step_6(monkeypatch, config, str(broken))
     train_lib.train_and_evaluate(config, str(broken))
     a, b = states(whole, config)[12], states(broken, config)[12]
     trace = [x for x in jax.tree.leaves(a["opt_state"]) if np.ndim(x) > 0]

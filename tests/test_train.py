@@ -88,14 +88,9 @@ def _final_state(workdir, config):
         return checkpoints.restore(manager, trainer.abstract_state)
 
 
-@pytest.mark.parametrize("rule", ["wm", "brsf"])
-def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
-    rule, tmp_path, monkeypatch
-):
-    config = tiny_config(rule, num_train_steps=12, checkpoint_every_steps=4, log_every_steps=2)
-    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    train_lib.train_and_evaluate(config, whole)
-
+def interrupt_at_step_6(monkeypatch, config, workdir) -> None:
+    """Runs ``config`` in ``workdir`` until an exception stops it while logging step 6, as a
+    preemption between checkpoints would."""
     write = logs.MetricWriter.write
 
     def interrupt(self, step, epoch, values):
@@ -105,8 +100,19 @@ def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
 
     monkeypatch.setattr(logs.MetricWriter, "write", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_lib.train_and_evaluate(config, broken)
+        train_lib.train_and_evaluate(config, workdir)
     monkeypatch.setattr(logs.MetricWriter, "write", write)
+
+
+@pytest.mark.parametrize("rule", ["wm", "brsf"])
+def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
+    rule, tmp_path, monkeypatch
+):
+    config = tiny_config(rule, num_train_steps=12, checkpoint_every_steps=4, log_every_steps=2)
+    whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
+    train_lib.train_and_evaluate(config, whole)
+
+    interrupt_at_step_6(monkeypatch, config, broken)
     with checkpoints.make_manager(broken) as manager:
         assert manager.latest_step() == 4
     train_lib.train_and_evaluate(config, broken)

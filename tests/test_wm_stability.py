@@ -3,10 +3,8 @@
 import os
 import sys
 
-import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from wtfree import sharding, train_lib
 
@@ -14,17 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from configs import fashion_mnist_resnet  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def fast_prng_and_mock_fashion_mnist():
-    # threefry's samplers take seconds per shape to compile on CPU; rbg's do not.
-    previous = jax.config.jax_default_prng_impl
-    jax.config.update("jax_default_prng_impl", "rbg")
-    try:
-        with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
-            yield
-    finally:
-        jax.config.update("jax_default_prng_impl", previous)
+pytestmark = pytest.mark.usefixtures("rbg_prng_and_mock_data")
 
 
 def _config(rule: str, learning_rate: float):

@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from wtfree import data, metrics, models, optim, rules
+from wtfree import data, layers, metrics, models, optim, rules
 from wtfree.models import resnet
 
 
@@ -75,8 +75,8 @@ RANGES = (
     ("model_kwargs.kernel_scale", lambda v: _number(v) and v > 0, "a number > 0"),
     (
         "alignment.input",
-        lambda v: v in ("activations", "normal", "uniform"),
-        "activations, normal, uniform",
+        lambda v: v in layers.ALIGNMENT_INPUTS,
+        ", ".join(layers.ALIGNMENT_INPUTS),
     ),
 )
 

@@ -31,6 +31,8 @@ MIRROR_RNG = "mirror"
 # Either stream, when present, feeds the alignment losses unit-variance noise of that
 # distribution instead of the layer's own input.
 ALIGNMENT_NOISE_RNGS = {"normal": "alignment_normal", "uniform": "alignment_uniform"}
+# What an alignment loss can take as its input x: the layer's own input, or noise.
+ALIGNMENT_INPUTS = ("activations", *ALIGNMENT_NOISE_RNGS)
 
 
 def init_std(scale: float, mode: str, shape: Sequence[int]) -> float:

@@ -113,13 +113,11 @@ def _step_rngs(state: State) -> dict:
     }
 
 
-ALIGNMENT_INPUTS = ("activations", *layers.ALIGNMENT_NOISE_RNGS)
-
-
-def uses_alignment_loss(config: ml_collections.ConfigDict) -> bool:
-    """Whether a layer of the configured model learns B by an alignment loss (sa, aa, ...)."""
+def uses_feedback(config: ml_collections.ConfigDict, kind: str) -> bool:
+    """Whether a layer of the configured model learns its B in the way ``kind`` says
+    (``rules.MIRROR``: by mirror batches; ``rules.LOSS``: by an alignment loss)."""
     return any(
-        rules.get(r).feedback == rules.LOSS
+        rules.get(r).feedback == kind
         for r in (config.rule, config.get("output_rule") or config.rule)
     )
 
@@ -137,10 +135,9 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
     gamma (``wtfree.rules.alignment``).
     """
     loss_fn = metrics.get_loss(loss_name)
-    if alignment is not None and alignment.input not in ALIGNMENT_INPUTS:
-        raise ValueError(
-            f"alignment.input={alignment.input!r}; allowed: {', '.join(ALIGNMENT_INPUTS)}"
-        )
+    if alignment is not None and alignment.input not in layers.ALIGNMENT_INPUTS:
+        allowed = ", ".join(layers.ALIGNMENT_INPUTS)
+        raise ValueError(f"alignment.input={alignment.input!r}; allowed: {allowed}")
 
     def rngs_for(state: State) -> dict:
         rngs = _step_rngs(state)
@@ -369,7 +366,7 @@ class Trainer:
             self.model,
             self.tx,
             config.loss,
-            alignment=config.alignment if uses_alignment_loss(config) else None,
+            alignment=config.alignment if uses_feedback(config, rules.LOSS) else None,
         )
         step_shardings = dict(
             in_shardings=(replicated, batch),
@@ -379,10 +376,7 @@ class Trainer:
         self.train_step = jax.jit(train_step, **step_shardings)
         self.measure_step = jax.jit(make_measure_step(self.model, config.loss))
         self.eval_step = jax.jit(make_eval_step(self.model, config.loss, top_k))
-        self.uses_mirror = any(
-            rules.get(r).feedback == rules.MIRROR
-            for r in (config.rule, config.get("output_rule") or config.rule)
-        )
+        self.uses_mirror = uses_feedback(config, rules.MIRROR)
         if self.uses_mirror:
             m = config.mirror
             mirror_step = make_mirror_step(
