@@ -8,31 +8,31 @@ averaged over a rule's finished runs (over its unfinished ones where none finish
 """
 
 import collections
-import json
-import os
 import statistics
 import sys
 
+from etils import epath
 
-def load(workdir: str) -> tuple[dict[int, float], dict[str, float]]:
+from wtfree import logs, paths
+
+
+def load(workdir: epath.Path) -> tuple[dict[int, float], dict[str, float]]:
     accuracy, last = {}, {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            d = json.loads(line)
-            if "test/accuracy" in d:
-                accuracy[round(d["epoch"])] = 100 * d["test/accuracy"]
-            for k, v in d.items():
-                if k.startswith("align/") and k != "align/delta_angle/output":
-                    last[k] = v
+    for d in logs.read_metrics(workdir):
+        if "test/accuracy" in d:
+            accuracy[round(d["epoch"])] = 100 * d["test/accuracy"]
+        for k, v in d.items():
+            if k.startswith("align/") and k != "align/delta_angle/output":
+                last[k] = v
     return accuracy, last
 
 
 def main(root: str) -> None:
     runs = collections.defaultdict(list)
-    for name in sorted(os.listdir(root)):
-        if os.path.exists(os.path.join(root, name, "metrics.jsonl")):
-            rule = name.rsplit("_s", 1)[0]
-            runs[rule].append(load(os.path.join(root, name)))
+    for workdir in sorted(paths.as_path(root).iterdir()):
+        if (workdir / "metrics.jsonl").exists():
+            rule = workdir.name.rsplit("_s", 1)[0]
+            runs[rule].append(load(workdir))
     epochs = sorted({e for r in runs.values() for acc, _ in r for e in acc})
     print("| rule | runs (finished) | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
     print("|---|---|" + "---|" * len(epochs))
@@ -81,4 +81,8 @@ def main(root: str) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2 or not paths.as_path(sys.argv[-1]).is_dir():
+        given = sys.argv[1:] or "nothing"
+        print(f"results_table.py: got {given}; allowed: one sweep directory", file=sys.stderr)
+        sys.exit(2)
     main(sys.argv[1])
