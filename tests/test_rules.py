@@ -263,6 +263,51 @@ def test_kp_matched_decay_closes_the_gap_in_closed_form(model, x_shape):
         assert not np.allclose(w, w0)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_kp_gap_follows_matched_decay_gap_with_momentum_and_a_schedule(nesterov):
+    """The gap B - W of a KP run with momentum and a cosine schedule is c_T (B0 - W0), c_T from
+    the scalar recursion of optim.matched_decay_gap, in every layer, whatever the gradients."""
+    model = _ConvNet()
+    x = jax.random.normal(jax.random.key(0), (8, 6, 6, 2))
+    labels = jnp.arange(8) % 3
+    init = model.init(jax.random.key(1), x)
+    variables = {"params": init["params"], "feedback": init["feedback"]}
+    decay, steps = 0.05, 25
+    schedule = optim.make_schedule("cosine", 0.3, total_steps=steps, warmup_steps=5)
+    tx = optim.make_optimizer(
+        schedule,
+        init[layers.TRAINED_FEEDBACK],
+        momentum=0.9,
+        nesterov=nesterov,
+        weight_decay=decay,
+    )
+    opt_state = tx.init(variables)
+
+    @jax.jit
+    def step(variables, opt_state):
+        grads = jax.grad(
+            lambda v: optax.softmax_cross_entropy_with_integer_labels(
+                model.apply(v, x), labels
+            ).mean()
+        )(variables)
+        updates, opt_state = tx.update(grads, opt_state, variables)
+        return optax.apply_updates(variables, updates), opt_state
+
+    for _ in range(steps):
+        variables, opt_state = step(variables, opt_state)
+    factor = optim.matched_decay_gap(schedule, steps, decay, momentum=0.9, nesterov=nesterov)
+    # Momentum makes the factor differ from the no-momentum one: the test tells them apart.
+    assert abs(factor - optim.matched_decay_gap(schedule, steps, decay)) > 0.05
+    for name in init["feedback"]:
+        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["kernel"]
+        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["kernel"]
+        np.testing.assert_allclose(b - w, factor * (b0 - w0), rtol=2e-4, atol=1e-6)
+
+
+def test_matched_decay_gap_closed_form_without_momentum():
+    assert optim.matched_decay_gap(0.1, 20, 0.05) == pytest.approx((1 - 0.1 * 0.05) ** 20)
+
+
 def test_fixed_feedback_is_not_moved_by_the_optimizer():
     model = mlp.Model(num_classes=3, widths=(6,), rule="fa")
     x = jnp.ones((4, 5))

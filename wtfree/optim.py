@@ -124,3 +124,44 @@ def make_optimizer(
         }
 
     return optax.partition({TRAIN: train, ALIGN: align, FROZEN: optax.set_to_zero()}, labels)
+
+
+def matched_decay_gap(
+    learning_rate: float | optax.Schedule,
+    steps: int,
+    weight_decay: float,
+    *,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+) -> float:
+    r"""The factor by which Kolen-Pollack's matched decay shrinks :math:`B - W` in ``steps`` steps.
+
+    W and B receive the same gradient, so their difference :math:`D = B - W` sees only the
+    decay: :math:`g_t = \lambda D_t`, :math:`v_{t+1} = g_t + \mu v_t`, and
+    :math:`D_{t+1} = D_t - \eta_t v_{t+1}` (Nesterov: :math:`- \eta_t (g_t + \mu v_{t+1})`), the
+    chain of :func:`make_optimizer`. The recursion is linear and the same for every entry, so
+    :math:`D_T = c_T D_0`, whatever the data. Without momentum and at a constant rate,
+    :math:`c_T = (1 - \eta\lambda)^T`; with momentum :math:`\mu`, roughly
+    :math:`\exp(-\lambda \sum_t \eta_t / (1 - \mu))`.
+
+    Args:
+      learning_rate: :math:`\eta`, a float or an optax schedule of the step (counted from 0).
+      steps: :math:`T`.
+      weight_decay: :math:`\lambda`.
+      momentum: :math:`\mu` (0: plain SGD).
+      nesterov: whether the momentum is Nesterov's.
+
+    Returns:
+      :math:`c_T = \|B_T - W_T\| / \|B_0 - W_0\|` for every layer whose B is trained by KP.
+
+    References:
+      Akrout, Wilson, Humphreys, Lillicrap & Tweed, *Deep Learning without Weight Transport*,
+      NeurIPS 2019.
+    """
+    rate = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+    gap, velocity = 1.0, 0.0
+    for t in range(steps):
+        grad = weight_decay * gap
+        velocity = grad + momentum * velocity
+        gap -= float(rate(t)) * (grad + momentum * velocity if nesterov else velocity)
+    return gap
