@@ -44,10 +44,16 @@ from wtfree import config_lib
 
 # fa and dfa diverge at 0.01 (measured: the loss passes 1e5 within 200 steps) and train at
 # 0.001, which is also biotorch's LeNet rate for fa (benchmark_configs/cifar10/le_net/sgd/fa.yaml).
-# wm blows up at 0.01 too, within 200 steps, while its B is still 10-30 degrees from W (measured;
-# bp and kp are fine there), and trains at 0.003. docs/weight_mirrors.md: the mirror's lag
-# (decay 0.01: B averages W over 100 steps) is the cause; no mirror setting tried trains at 0.01.
-LEARNING_RATES = {"fa": 0.001, "dfa": 0.001, "wm": 0.003}
+LEARNING_RATES = {"fa": 0.001, "dfa": 0.001}
+
+# Weight mirrors (docs/weight_mirrors.md): B is an exponential average of W with a lag of
+# about 1 / decay steps, and a lag of 10 steps (decay 0.1) already blows LeNet up at 0.01
+# (backprop with B = W of 3 steps ago, no noise, too), while 2 steps (decay 0.5) train like
+# backprop. B's estimation noise grows as decay / ((2 - decay) * batch), so the batch grows with
+# the decay: 640 noise vectors at decay 0.5 leave B about as noisy (20 degrees from W in
+# dense_0) as 128 at decay 0.1 (18), which alone is harmless; 128 at 0.5 (39 degrees) is not.
+MIRROR_DECAY = 0.5
+MIRROR_BATCH = 640
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -65,7 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_kwargs = ml_collections.ConfigDict(dict(activation="relu", padding="VALID"))
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 5e-4
-    common.set_mirror(config, batch_size=128, pretrain_batches=60000 // 128, decay=0.01)
+    # 20 pretraining batches: B forgets its random start as (1 - decay)^20 < 1e-6.
+    common.set_mirror(config, batch_size=MIRROR_BATCH, pretrain_batches=20, decay=MIRROR_DECAY)
     if arg.runlocal:
         common.set_runlocal(config, batch_size=32, steps=20)
     return config
