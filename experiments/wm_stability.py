@@ -60,6 +60,24 @@ def load_config(spec: str, lr: float, sets: list[str]):
     return config
 
 
+def use_rademacher_mirror_noise() -> None:
+    """Makes the layers' mirror noise +-1 with equal odds (unit variance, as the Gaussian's).
+
+    Only ``wtfree.layers`` sees the swap (its global ``jax`` becomes a copy whose
+    ``random.normal`` draws signs); there, ``random.normal`` draws only mirror noise and the
+    alignment rules' noise input, which wm does not use.
+    """
+    import types
+
+    from wtfree import layers
+
+    def rademacher(key, shape=(), dtype=jnp.float32):
+        return jax.random.rademacher(key, shape, dtype)
+
+    random = types.SimpleNamespace(**{**vars(jax.random), "normal": rademacher})
+    layers.jax = types.SimpleNamespace(**{**vars(jax), "random": random})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -76,11 +94,19 @@ def main() -> None:
         "--no_pretrain", action="store_true", help="mirror: B starts at W, no pretraining"
     )
     parser.add_argument(
+        "--noise",
+        default="normal",
+        choices=("normal", "rademacher"),
+        help="mirror: the noise's distribution (unit variance either way)",
+    )
+    parser.add_argument(
         "--mirrors_per_step", type=int, default=1, help="mirror: mirror batches after each step"
     )
     args = parser.parse_args()
 
     config = load_config(args.config, args.lr, args.set)
+    if args.noise == "rademacher":
+        use_rademacher_mirror_noise()
     if args.idx_dir:
         config.idx_dir = args.idx_dir
     if args.seed is not None:
@@ -130,7 +156,9 @@ def main() -> None:
     finite = True
     for step in range(args.steps):
         batch = sharding.put_batch(next(batches), trainer.mesh)
-        if mode == "mirror":
+        if mode == "mirror" and (step + 1) % config.mirror.every:
+            state, m = trainer.train_step(state, batch)  # no mirror batch this step
+        elif mode == "mirror":
             state, m = trainer.train_mirror_step(state, batch)
             for i in range(1, args.mirrors_per_step):
                 key = jax.random.fold_in(train_lib._mirror_rng(state, 5, step), i)
@@ -182,7 +210,8 @@ def main() -> None:
         "lr": args.lr,
         "mode": args.mode,
         "set": args.set,
-        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate")},
+        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate", "every")},
+        "noise": args.noise,
         "steps": len(losses),
         "finite": finite,
         "loss_first": round(float(np.mean(losses[:10])), 4),
