@@ -26,15 +26,17 @@ Hyperparameters, all from biotorch's benchmark_configs/cifar10/le_net/sgd/*.yaml
 - biotorch adds no augmentation for LeNet; `augment` stays False (`--config.augment=True` for
   random crops and flips).
 - KP: B gets W's steps and decay (Akrout et al. 2019, eqs. 16-17), through the optimizer.
-- WM: as configs/mnist_lenet.py: mirror batch 128, decay 0.01, learning rate 0.01 / 128, which
-  settles B at W in every layer. Not tried on CIFAR-10.
+- WM: as configs/mnist_lenet.py (the same net): mirror batch 640, decay 0.5 (B lags W by about
+  2 steps; docs/weight_mirrors.md: a lag of 10 blows this net up on MNIST), learning rate
+  0.5 / 640, which settles B at W in every layer, 20 mirror batches before training. Not tried
+  on CIFAR-10.
 - `output_rule` is the rule itself; biotorch trains every layer, the last included, with the
   rule (its models convert every layer).
 """
 
 import ml_collections
 
-from configs import common
+from configs import common, mnist_lenet
 from wtfree import config_lib
 
 # biotorch benchmark_configs/cifar10/le_net/sgd/*.yaml (batch 128).
@@ -59,7 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 1e-4
     config.optimizer.schedule = "step"
     config.optimizer.boundaries = (0.4, 0.6, 0.8)
-    common.set_mirror(config, batch_size=128, pretrain_batches=390, decay=0.01)
+    common.set_mirror(
+        config,
+        batch_size=mnist_lenet.MIRROR_BATCH,
+        pretrain_batches=20,
+        decay=mnist_lenet.MIRROR_DECAY,
+    )
     config.log_every_steps = 200
     config.checkpoint_every_steps = 2000
     if arg.runlocal:

@@ -60,6 +60,24 @@ def load_config(spec: str, lr: float, sets: list[str]):
     return config
 
 
+def use_rademacher_mirror_noise() -> None:
+    """Makes the layers' mirror noise +-1 with equal odds (unit variance, as the Gaussian's).
+
+    Only ``wtfree.layers`` sees the swap (its global ``jax`` becomes a copy whose
+    ``random.normal`` draws signs); there, ``random.normal`` draws only mirror noise and the
+    alignment rules' noise input, which wm does not use.
+    """
+    import types
+
+    from wtfree import layers
+
+    def rademacher(key, shape=(), dtype=jnp.float32):
+        return jax.random.rademacher(key, shape, dtype)
+
+    random = types.SimpleNamespace(**{**vars(jax.random), "normal": rademacher})
+    layers.jax = types.SimpleNamespace(**{**vars(jax), "random": random})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
@@ -68,11 +86,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--idx_dir", default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--trace", type=int, default=0, help="every this many steps, record loss, angles, norms"
+    )
+    parser.add_argument(
+        "--no_pretrain", action="store_true", help="mirror: B starts at W, no pretraining"
+    )
+    parser.add_argument(
+        "--noise",
+        default="normal",
+        choices=("normal", "rademacher"),
+        help="mirror: the noise's distribution (unit variance either way)",
+    )
+    parser.add_argument(
+        "--mirrors_per_step", type=int, default=1, help="mirror: mirror batches after each step"
+    )
     args = parser.parse_args()
 
     config = load_config(args.config, args.lr, args.set)
+    if args.noise == "rademacher":
+        use_rademacher_mirror_noise()
     if args.idx_dir:
         config.idx_dir = args.idx_dir
+    if args.seed is not None:
+        config.seed = args.seed
     config.num_train_steps = args.steps
     config.eval_steps = 2
     config.eval_batch_size = 1000
@@ -91,7 +129,7 @@ def main() -> None:
         b = {p: jnp.array(v, copy=True) for p, v in b.items()}
         return {**state, "feedback": traverse_util.unflatten_dict(b)}
 
-    if mode in ("mirror", "fixed"):
+    if mode in ("mirror", "fixed") and not args.no_pretrain:
         if trainer.uses_mirror:
             state = trainer.mirror_pretrain(state)
     else:
@@ -104,7 +142,7 @@ def main() -> None:
         shadow = {"mirror": copy(state), "ema": copy(as_w(state))}
     measure = jax.jit(
         lambda s: {
-            p: (metrics.angle(b, w), jnp.linalg.norm(b) / jnp.linalg.norm(w))
+            p: (metrics.angle(b, w), jnp.linalg.norm(b) / jnp.linalg.norm(w), jnp.linalg.norm(w))
             for p, b, w in (
                 (p, traverse_util.flatten_dict(s["feedback"])[p], as_w(s)[p]) for p in as_w(s)
             )
@@ -113,13 +151,18 @@ def main() -> None:
     # The first layer's B sends no error anywhere: leave it out of the report.
     first = min(as_w(state), key=lambda p: ("conv_init" not in p[0], "conv_0" != p[0], p))
     batches = trainer.train_batches(0)
-    losses, worst = [], {}
+    losses, worst, trace = [], {}, []
     start = time.time()
     finite = True
     for step in range(args.steps):
         batch = sharding.put_batch(next(batches), trainer.mesh)
-        if mode == "mirror":
+        if mode == "mirror" and (step + 1) % config.mirror.every:
+            state, m = trainer.train_step(state, batch)  # no mirror batch this step
+        elif mode == "mirror":
             state, m = trainer.train_mirror_step(state, batch)
+            for i in range(1, args.mirrors_per_step):
+                key = jax.random.fold_in(train_lib._mirror_rng(state, 5, step), i)
+                state = trainer.mirror_step(state, key)
         else:
             state, m = trainer.train_step(state, batch)
             w = as_w(state)
@@ -146,16 +189,29 @@ def main() -> None:
             finite = False
             break
         if step % 25 == 24:
-            for p, (_, r) in jax.device_get(measure(state)).items():
+            for p, (_, r, _) in jax.device_get(measure(state)).items():
                 if p != first:
                     name = "/".join(p[:-1])
                     worst[name] = max(worst.get(name, 0.0), float(r))
+        if args.trace and (step % args.trace == args.trace - 1 or step == 0):
+            now = jax.device_get(measure(state))
+            named = {"/".join(p[:-1]): v for p, v in now.items() if p != first}
+            trace.append(
+                {
+                    "step": step + 1,
+                    "loss": round(float(np.mean(losses[-args.trace :])), 4),
+                    "angle": {k: round(float(a), 1) for k, (a, _, _) in named.items()},
+                    "ratio": {k: round(float(r), 3) for k, (_, r, _) in named.items()},
+                    "w_norm": {k: round(float(n), 3) for k, (_, _, n) in named.items()},
+                }
+            )
     out = {
         "config": args.config,
         "lr": args.lr,
         "mode": args.mode,
         "set": args.set,
-        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate")},
+        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate", "every")},
+        "noise": args.noise,
         "steps": len(losses),
         "finite": finite,
         "loss_first": round(float(np.mean(losses[:10])), 4),
@@ -165,11 +221,15 @@ def main() -> None:
     if finite:
         out["test_accuracy"] = round(trainer.evaluate(state)["test/accuracy"], 4)
     end = jax.device_get(measure(state))
-    out["angle"] = {"/".join(p[:-1]): round(float(a), 1) for p, (a, _) in end.items() if p != first}
+    out["angle"] = {
+        "/".join(p[:-1]): round(float(a), 1) for p, (a, _, _) in end.items() if p != first
+    }
     out["norm_ratio"] = {
-        "/".join(p[:-1]): round(float(r), 2) for p, (_, r) in end.items() if p != first
+        "/".join(p[:-1]): round(float(r), 2) for p, (_, r, _) in end.items() if p != first
     }
     out["max_norm_ratio"] = {k: round(v, 2) for k, v in worst.items()}
+    if trace:
+        out["trace"] = trace
     print(json.dumps(out), flush=True)
 
 

@@ -1,18 +1,19 @@
-"""Weight mirrors stay stable at backprop's own rate on a residual net (docs/weight_mirrors.md)."""
+"""Weight mirrors stay stable at backprop's own rate on a residual net and on LeNet, and B's noise
+has its closed form (docs/weight_mirrors.md)."""
 
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import sharding, train_lib
+from wtfree import rules, sharding, train_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configs import fashion_mnist_resnet  # noqa: E402
-
-pytestmark = pytest.mark.usefixtures("rbg_prng_and_mock_data")
+from configs import fashion_mnist_resnet, mnist_lenet  # noqa: E402
 
 
 def _config(rule: str, learning_rate: float):
@@ -29,10 +30,12 @@ def _config(rule: str, learning_rate: float):
     return config
 
 
-def _memorize(config, steps: int) -> list[float]:
-    """Training losses of ``steps`` steps on one fixed batch, a mirror batch after each."""
+def _memorize(config, steps: int, one_batch: bool = True) -> list[float]:
+    """Training losses of ``steps`` steps on one fixed batch (or, ``one_batch=False``, on the
+    training set's batches in turn), a mirror batch after each."""
     trainer = train_lib.Trainer(config)
-    batch = sharding.put_batch(next(iter(trainer.train_batches(0))), trainer.mesh)
+    batches = trainer.train_batches(0)
+    batch = sharding.put_batch(next(iter(batches)), trainer.mesh)
     state = trainer.fresh_state()
     step = trainer.train_step
     if trainer.uses_mirror:
@@ -40,11 +43,14 @@ def _memorize(config, steps: int) -> list[float]:
         step = trainer.train_mirror_step
     losses = []
     for _ in range(steps):
+        if not one_batch:
+            batch = sharding.put_batch(next(batches), trainer.mesh)
         state, measurements = step(state, batch)
         losses.append(float(measurements["train/loss"]))
     return losses
 
 
+@pytest.mark.usefixtures("rbg_prng_and_mock_data")
 @pytest.mark.parametrize("learning_rate", [0.1, 0.033])
 def test_wm_on_a_residual_net_at_backprops_rate_stays_finite_and_learns(learning_rate):
     losses = _memorize(_config("wm", learning_rate), steps=40)
@@ -57,4 +63,76 @@ def test_the_config_mirror_lags_w_by_at_most_ten_steps():
     """The lag (1 / decay steps between mirror batches) is what blew LeNet up at 30-100."""
     m = fashion_mnist_resnet.get_config("rule=wm").mirror
     assert m.every / m.decay <= 10
+    assert m.learning_rate * m.batch_size * m.noise_std**2 == pytest.approx(m.decay)
+
+
+@pytest.mark.parametrize("decay, batch", [(0.1, 128), (0.5, 32), (0.5, 128)])
+def test_mirror_noise_in_b_matches_its_closed_form(decay, batch):
+    r"""B's error at the mirror's fixed point: with S = X^T X / n for n Gaussian noise vectors of
+    size d, E[(S - I)^2] = (d + 1) / n I, and B <- (1 - decay) B + decay S W averages it over the
+    lag, so E||B - W||^2 = decay / (2 - decay) * (d + 1) / n * ||W||^2. This is the noise the
+    LeNet mirror batch is sized by (configs/mnist_lenet.py)."""
+    d, m, steps, burn_in = 64, 16, 1200, 60
+    w = jax.random.normal(jax.random.PRNGKey(0), (d, m))
+
+    def step(b, rng):
+        b = rules.mirror_update(
+            jnp.dot, w, b, rng, (batch, d), learning_rate=decay / batch, decay=decay
+        )
+        return b, jnp.sum(jnp.square(b - w)) / jnp.sum(jnp.square(w))
+
+    _, errors = jax.lax.scan(step, w, jax.random.split(jax.random.PRNGKey(1), steps))
+    expected = decay / (2 - decay) * (d + 1) / batch
+    assert float(jnp.mean(errors[burn_in:])) == pytest.approx(expected, rel=0.05)
+
+
+def _lenet_losses(rule: str, mirror: dict | None = None) -> list[float]:
+    """configs/mnist_lenet.py (LeNet, no batch norm), its mirror untouched unless ``mirror``
+    says, memorizing one batch of 32 mock images at 5x backprop's learning rate (0.05)."""
+    config = mnist_lenet.get_config(f"rule={rule}")
+    config.batch_size = 32
+    config.num_devices = 1
+    config.optimizer.learning_rate = 0.05
+    for key, value in (mirror or {}).items():
+        config.mirror[key] = value
+    m = config.mirror
+    m.learning_rate = m.decay / (m.batch_size * m.noise_std**2)  # B's fixed point stays W
+    return _memorize(config, steps=60)
+
+
+def _memorized(losses: list[float]) -> bool:
+    return bool(
+        np.all(np.isfinite(losses))
+        and max(losses) < 2 * losses[0]  # no blow-up on the way
+        and np.mean(losses[-5:]) < 0.05
+    )
+
+
+@pytest.mark.usefixtures("rbg_prng_and_mock_data")
+def test_wm_on_lenet_memorizes_where_backprop_does():
+    """A mirror that lags W by 10 steps blows LeNet up where backprop trains
+    (docs/weight_mirrors.md); the config's mirror (lag 2) must not."""
+    assert _memorized(_lenet_losses("bp"))
+    losses = _lenet_losses("wm")
+    assert _memorized(losses), losses
+
+
+@pytest.mark.usefixtures("rbg_prng_and_mock_data")
+def test_a_mirror_lagging_ten_steps_fails_that_test():
+    """The guard above can fail: decay 0.1 with 128 noise vectors (lag 10, B's noise that of
+    the config's mirror) blows up there (measured: the loss reaches 8.6 from 2.5, then every
+    unit is dead). The old decay 0.01 (lag 100) passes this short test: in 60 steps its B
+    barely moves from W0, and B = W0 fails on MNIST only after about 200 steps."""
+    mirror = dict(decay=0.1, batch_size=128, pretrain_batches=100)
+    assert not _memorized(_lenet_losses("wm", mirror))
+
+
+def test_the_lenet_mirror_lags_w_by_at_most_two_steps_at_the_noise_of_decay_01_with_128():
+    """Lag every / decay <= 2, and B's noise, decay / ((2 - decay) n) (the closed form tested
+    above), no larger than 1.3x (in variance) that of decay 0.1 with 128 noise vectors, which
+    alone is harmless on LeNet; 128 at decay 0.5 (3.2x) blew it up."""
+    m = mnist_lenet.get_config("rule=wm").mirror
+    assert m.every / m.decay <= 2
+    noise = m.decay / ((2 - m.decay) * m.batch_size * m.noise_std**2)
+    assert noise <= 1.3 * 0.1 / (1.9 * 128)
     assert m.learning_rate * m.batch_size * m.noise_std**2 == pytest.approx(m.decay)
