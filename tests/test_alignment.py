@@ -329,7 +329,7 @@ def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name, inp
     )
     sown = _flat(sown[layers.ALIGNMENT_LOSS])
     assert {p[:-2] for p in sown} == kernels
-    assert all(p[-2] == "aa" and p[-1] in ("sparse", "amp") for p in sown)
+    assert all(p[-2] == "aa" and p[-1] in ("sparse", "amp", alignment.POSITIONS) for p in sown)
 
 
 def test_registry_and_config_hold_every_alignment_rule():

@@ -64,6 +64,10 @@ Array = jax.Array
 # sigma^2 times the value at unit-variance noise).
 INPUT_PRIMITIVES = ("sparse", "null", "amp")
 PRIMITIVES = ("decay", "sparse", "null", "self", "amp")
+# Sown beside a layer's primitives: its number of output positions P (1 for dense), by which
+# ``positions="mean"`` divides the primitives that read x.
+POSITIONS = "positions"
+POSITION_MODES = ("sum", "mean")
 
 
 def _batch_mean_sq(y: Array) -> Array:
@@ -148,7 +152,11 @@ class Alignment:
         return tuple(p for _, p in self.terms)
 
     def loss(
-        self, values: Mapping[str, Array], coefficients: Mapping[str, float], input_scale=1.0
+        self,
+        values: Mapping[str, Array],
+        coefficients: Mapping[str, float],
+        input_scale=1.0,
+        positions: str = "sum",
     ) -> Array:
         r"""The weighted sum of one layer's primitive ``values``.
 
@@ -157,10 +165,17 @@ class Alignment:
           coefficients: ``{"alpha": ..., ...}`` (missing ones: ``defaults``).
           input_scale: multiplies the primitives that depend on x: :math:`\sigma^2` when they
             were measured on unit-variance noise standing for noise of std :math:`\sigma`.
+          positions: ``sum`` (the authors' convention: a conv's primitives that read x sum
+            over its P output positions) or ``mean`` (they are divided by P, ``values``'
+            ``positions`` entry: per position, as the mirror mode's Hebbian product).
 
         Returns:
           The scalar loss.
         """
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions={positions!r}; allowed: {', '.join(POSITION_MODES)}")
+        if positions == "mean":
+            input_scale = input_scale / values.get(POSITIONS, 1.0)
         total = 0.0
         for coefficient, primitive in self.terms:
             scale = input_scale if primitive in INPUT_PRIMITIVES else 1.0
@@ -209,7 +224,10 @@ def alignment_feedback(f: LinearFn, x: Array, w: Array, b: Array, rng: Array | N
 
 
 def total_loss(
-    sown: Mapping, coefficients: Mapping[str, Mapping[str, float]], input_scale=1.0
+    sown: Mapping,
+    coefficients: Mapping[str, Mapping[str, float]],
+    input_scale=1.0,
+    positions: str = "sum",
 ) -> Array:
     """The sum over layers of their rules' alignment losses.
 
@@ -218,14 +236,17 @@ def total_loss(
         ``{rule name: {primitive: value}}``, one per layer.
       coefficients: ``{rule name: {"alpha": ..., ...}}``.
       input_scale: as in :meth:`Alignment.loss`.
+      positions: as in :meth:`Alignment.loss`.
 
     Returns:
       The scalar total (0.0 when nothing was sown).
     """
     total = jnp.zeros((), jnp.float32)
+    leaf_keys = {*PRIMITIVES, POSITIONS}
     for key, value in sown.items():
-        if key in ALIGNMENTS and isinstance(value, Mapping) and set(value) <= set(PRIMITIVES):
-            total = total + ALIGNMENTS[key].loss(value, coefficients.get(key, {}), input_scale)
+        if key in ALIGNMENTS and isinstance(value, Mapping) and set(value) <= leaf_keys:
+            rule_coefficients = coefficients.get(key, {})
+            total = total + ALIGNMENTS[key].loss(value, rule_coefficients, input_scale, positions)
         elif isinstance(value, Mapping):
-            total = total + total_loss(value, coefficients, input_scale)
+            total = total + total_loss(value, coefficients, input_scale, positions)
     return total
