@@ -44,6 +44,13 @@ Where the minima lie (dense, :math:`C = x^\top x / n`): SA's at :math:`B = \tfra
 the inputs); WM's at :math:`B = \tfrac{\beta}{2\alpha} C W`; IA's where
 :math:`B(\gamma I + \beta W^\top C W) = \tfrac{\alpha}{2} C W`.
 
+How fast B gets to its minimum is the optimizer's business: B steps at ``learning_rate_scale``
+times W's rate (``wtfree.optim.make_optimizer``; SA relaxes by :math:`2\alpha s\eta/(1-\mu)` a
+step). On a convolution the primitives that read x sum over its P output positions (the
+authors' convention), which multiplies C by P; ``positions="mean"`` (:meth:`Alignment.loss`)
+divides them by P, so that one setting fits dense and conv layers alike (README, "Alignment
+rules", has the measured curvatures).
+
 References:
   Kunin, Nayebi, Sagastuy-Brena, Ganguli, Bloom & Yamins, *Two Routes to Scalable Credit
   Assignment without Weight Symmetry*, ICML 2020; code: github.com/neuroailab/Neural-Alignment
