@@ -49,7 +49,10 @@ def _power(hvp, shape, key, iters: int, shift: float = 0.0) -> float:
     for _ in range(iters):
         u = hvp(v) - shift * v
         value = float(jnp.vdot(v, u))
-        v = u / jnp.linalg.norm(u)
+        norm = float(jnp.linalg.norm(u))
+        if norm <= 1e-6 * abs(shift):  # every eigenvalue is the shift (a multiple of I)
+            return shift
+        v = u / norm
     return value + shift
 
 
