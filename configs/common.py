@@ -97,19 +97,37 @@ def set_mirror(
 
 
 def set_alignment(
-    config: ml_collections.ConfigDict, *, input: str = "activations", input_std: float = 1.0
+    config: ml_collections.ConfigDict,
+    *,
+    input: str = "activations",
+    input_std: float = 1.0,
+    learning_rate_scale: float = 1.0,
+    positions: str = "sum",
 ) -> None:
-    """Alignment-loss settings (rules sa, aa, ia, wm_reg; Kunin et al. 2020).
+    r"""Alignment-loss settings (rules sa, aa, ia, wm_reg; Kunin et al. 2020).
 
     ``input``: what each layer's alignment loss is fed: ``activations`` (the layer's own input,
     gradient stopped; the authors' default) or ``normal`` / ``uniform`` noise of std
     ``input_std`` (as the mirror mode). ``coefficients.<rule>.{alpha,beta,gamma}``: each rule's
     weights, by default those of the authors' code (``wtfree.rules.alignment`` says which
     primitive each weighs and where the values come from).
+
+    ``learning_rate_scale`` s: B's step size is s times W's (same schedule and momentum), so
+    the coefficients say where B's minimum lies and s how fast B gets there: SA's B relaxes to
+    it by :math:`2\alpha s\eta_t/(1-\mu)` a step, so over the run its distance from it
+    shrinks by :math:`\exp(-2\alpha s\sum_t\eta_t/(1-\mu))` (README, "Alignment rules",
+    on choosing s from that budget). 1, the default, is the authors' (their B shares W's
+    optimizer unless ``alignment_optimizer`` is set).
+
+    ``positions``: ``sum`` (the authors' convention: the primitives that read x sum over a
+    conv's output positions, so on a conv of P positions they weigh P times what they weigh
+    on a dense layer) or ``mean`` (divided by P, as the mirror mode's Hebbian product).
     """
     a = config.alignment
     a.input = input
     a.input_std = input_std
+    a.learning_rate_scale = learning_rate_scale
+    a.positions = positions
     a.coefficients = ml_collections.ConfigDict(
         {name: dict(rule.defaults) for name, rule in alignment.ALIGNMENTS.items()}
     )

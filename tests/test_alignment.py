@@ -329,7 +329,7 @@ def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name, inp
     )
     sown = _flat(sown[layers.ALIGNMENT_LOSS])
     assert {p[:-2] for p in sown} == kernels
-    assert all(p[-2] == "aa" and p[-1] in ("sparse", "amp") for p in sown)
+    assert all(p[-2] == "aa" and p[-1] in ("sparse", "amp", alignment.POSITIONS) for p in sown)
 
 
 def test_registry_and_config_hold_every_alignment_rule():
@@ -347,6 +347,15 @@ def test_registry_and_config_hold_every_alignment_rule():
     bad.alignment.input = "gaussian"
     with pytest.raises(ValueError, match="alignment.input='gaussian'; allowed: activations"):
         config_lib.validate(bad)
+    bad.alignment.input = "activations"
+    bad.alignment.positions = "max"
+    with pytest.raises(ValueError, match="alignment.positions='max'; allowed: sum, mean"):
+        config_lib.validate(bad)
+    bad.alignment.positions = "mean"
+    bad.alignment.learning_rate_scale = -1.0
+    with pytest.raises(ValueError, match="alignment.learning_rate_scale=-1.0; allowed: a number"):
+        config_lib.validate(bad)
+    assert config.learning_rate_scale == 1.0 and config.positions == "sum"  # the authors'
 
 
 def test_alignment_loss_ignores_nn_modules_named_like_rules():
@@ -359,7 +368,13 @@ def test_alignment_loss_ignores_nn_modules_named_like_rules():
 
 @pytest.mark.parametrize(
     "sweep_file",
-    ["alignment_rules.py", "alignment_noise.py", "alignment_coefficients.py", "alignment_lenet.py"],
+    [
+        "alignment_rules.py",
+        "alignment_noise.py",
+        "alignment_coefficients.py",
+        "alignment_lenet.py",
+        "alignment_resnet.py",
+    ],
 )
 def test_alignment_sweeps_name_every_run_and_override_existing_keys(sweep_file):
     runs = sweep.load_sweep(os.path.join(sweep.REPO_ROOT, "configs", "sweeps", sweep_file))
@@ -375,3 +390,136 @@ def test_alignment_sweeps_name_every_run_and_override_existing_keys(sweep_file):
                 target = target[parent]
             assert last in target, key
             assert isinstance(value, type(target[last])) or target[last] is None, key
+
+
+@pytest.mark.parametrize("rule", ["aa", "wm_reg", "ia"])
+def test_conv_layer_positions_mean_divides_the_input_primitives_by_its_positions(rule):
+    # A Conv layer (5x5 input, SAME, stride 1: P = 25 output positions) sows its primitives and
+    # P. With positions="mean", amp's B-gradient is -(1/n) H, H the mirror mode's Hebbian
+    # product (which averages over positions), sparse's (2/(nP)) X^T X B with X the im2col
+    # matrix, null's 1/P of its closed form above; decay and self are left alone.
+    f, x, w, b, xm, wf, bf, unflatten = _case("conv")
+    n, positions = x.shape[0], 25
+    layer = layers.Conv(features=4, kernel_size=(3, 3), padding=((PAD, PAD), (PAD, PAD)), rule=rule)
+    x = jnp.asarray(x, jnp.float32)
+    variables = {
+        "params": {"kernel": jnp.asarray(w, jnp.float32), "bias": jnp.zeros(4)},
+        "feedback": {"kernel": jnp.asarray(b, jnp.float32)},
+    }
+    coefficients = {rule: {"alpha": 0.3, "beta": 0.7, "gamma": 0.11}}
+
+    def total(b_, mode):
+        _, sown = layer.apply(
+            {**variables, "feedback": {"kernel": b_}}, x, mutable=[layers.ALIGNMENT_LOSS]
+        )
+        assert float(sown[layers.ALIGNMENT_LOSS][rule][alignment.POSITIONS]) == positions
+        return alignment.total_loss(sown[layers.ALIGNMENT_LOSS], coefficients, 1.0, mode)
+
+    b0 = variables["feedback"]["kernel"]
+    g_sum, g_mean = (jax.grad(total)(b0, mode) for mode in ("sum", "mean"))
+    hebbian = np.asarray(rules.hebbian(f, jnp.asarray(w, jnp.float32), x)).reshape(-1, 4)
+    ym = xm @ wf
+    reconstruction = col2im(ym @ bf.T, x.shape, 3, 3)
+    c = coefficients[rule]
+    closed = {
+        "aa": (c["alpha"] * 2 / n * xm.T @ xm @ bf, c["beta"] * -positions / n * hebbian, 0),
+        "wm_reg": (0, c["beta"] * -positions / n * hebbian, c["alpha"] * 2 * bf),
+        "ia": (
+            c["beta"] * 2 / n * im2col(reconstruction, 3, 3).T @ ym,
+            c["alpha"] * -positions / n * hebbian,
+            c["gamma"] * 2 * bf,
+        ),
+    }
+    first, amp_term, decay_term = closed[rule]  # x-dependent, x-dependent, not
+    np.testing.assert_allclose(
+        g_sum, unflatten(first + amp_term + decay_term), rtol=RTOL, atol=ATOL
+    )
+    np.testing.assert_allclose(
+        g_mean,
+        unflatten((first + amp_term) / positions + decay_term),
+        rtol=RTOL,
+        atol=ATOL,
+    )
+    if rule == "wm_reg":  # amp alone, per position: exactly the mirror's Hebbian product
+        np.testing.assert_allclose(
+            g_mean - unflatten(decay_term), unflatten(-c["beta"] / n * hebbian), atol=ATOL
+        )
+
+
+def test_dense_layer_sows_one_position_so_mean_equals_sum():
+    layer = layers.Dense(features=3, rule="aa")
+    x = jax.random.normal(jax.random.key(0), (6, 5))
+    variables = layer.init(jax.random.key(1), x)
+    _, sown = layer.apply(variables, x, mutable=[layers.ALIGNMENT_LOSS])
+    sown = sown[layers.ALIGNMENT_LOSS]
+    assert float(sown["aa"][alignment.POSITIONS]) == 1.0
+    coefficients = {"aa": {"alpha": 0.3, "beta": 0.7}}
+    assert float(alignment.total_loss(sown, coefficients, 1.0, "mean")) == pytest.approx(
+        float(alignment.total_loss(sown, coefficients, 1.0, "sum"))
+    )
+    with pytest.raises(ValueError, match="positions='max'; allowed: sum, mean"):
+        alignment.total_loss(sown, coefficients, 1.0, "max")
+
+
+def _sa_tree(w, b):
+    return {"params": {"layer": {"kernel": w}}, "feedback": {"layer": {"kernel": b}}}
+
+
+def _sa_descent(tx, w, b0, alpha, beta, steps):
+    """B's trajectory under ``tx`` on SA's loss with W fixed (the optimizer's weight decay may
+    move its copy of W; the loss reads the fixed one)."""
+    tree = _sa_tree(w, b0)
+    opt_state = tx.init(tree)
+    trajectory = []
+    for _ in range(steps):
+        b = tree["feedback"]["layer"]["kernel"]
+        grads = _sa_tree(jnp.zeros_like(w), 2 * alpha * b - beta * w)
+        updates, opt_state = tx.update(grads, opt_state, tree)
+        tree = optax.apply_updates(tree, updates)
+        trajectory.append(tree["feedback"]["layer"]["kernel"])
+    return trajectory
+
+
+FLAGS = {"layer": {optim.BY_ALIGNMENT_LOSS: jnp.ones((), bool)}}
+
+
+def test_sa_heavy_ball_at_its_own_rate_follows_its_closed_form():
+    # SA's gradient is 2 alpha (B - B*), B* = beta/(2 alpha) W. With step s*eta and momentum mu,
+    # e_t = B_t - B* obeys e_{t+1} = (1 + mu - a) e_t - mu e_{t-1}, a = 2 alpha s eta, e_1 =
+    # (1 - a) e_0: e_t = c1 z1^t + c2 z2^t with z1, z2 the roots of z^2 - (1 + mu - a) z + mu.
+    # W's rate (eta) and weight decay do not enter: B has its own step and no optimizer decay.
+    rng = np.random.default_rng(3)
+    w, b0 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
+    alpha, beta, eta, mu, s = 0.1, 0.15, 0.1, 0.5, 3.0
+    tx = optim.make_optimizer(eta, FLAGS, momentum=mu, weight_decay=0.3, alignment_scale=s)
+    trajectory = _sa_descent(tx, w, b0, alpha, beta, 40)
+    a = 2 * alpha * s * eta
+    z1, z2 = np.roots([1.0, -(1 + mu - a), mu])
+    e0 = np.asarray(b0 - beta / (2 * alpha) * w, np.float64)
+    c2 = ((1 - a) - z1) / (z2 - z1)
+    c1 = 1 - c2
+    for t in (1, 5, 20, 40):
+        expected = beta / (2 * alpha) * w + (c1 * z1**t + c2 * z2**t) * e0
+        np.testing.assert_allclose(trajectory[t - 1], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_alignment_learning_rate_scale_multiplies_the_task_schedule():
+    # Through the config: B's step is s times W's cosine schedule, so without momentum SA's
+    # e_t = prod_k (1 - 2 alpha s eta_k) e_0, the closed form README's budget rests on.
+    config = common.base_config(
+        rule="sa", dataset="mnist", model="mlp", batch_size=8, num_epochs=1, learning_rate=0.2
+    )
+    config.optimizer.schedule = "cosine"
+    common.set_alignment(config, learning_rate_scale=4.0)
+    steps, alpha, beta = 12, 0.5, 0.3
+    tx, schedule = train_lib.make_optimizer(config, steps, steps, FLAGS)
+    rng = np.random.default_rng(4)
+    w, b0 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
+    trajectory = _sa_descent(tx, w, b0, alpha, beta, steps)
+    target = beta / (2 * alpha) * w
+    factor = 1.0
+    for t in range(steps):
+        factor *= 1 - 2 * alpha * 4.0 * float(schedule(t))
+        expected = target + factor * (b0 - target)
+        np.testing.assert_allclose(trajectory[t], expected, rtol=1e-5, atol=1e-6)
+    assert 0 < factor < 0.05  # the budget: 1 - this is how much of B0 - B* is gone

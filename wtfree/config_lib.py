@@ -78,6 +78,8 @@ RANGES = (
         lambda v: v in layers.ALIGNMENT_INPUTS,
         ", ".join(layers.ALIGNMENT_INPUTS),
     ),
+    ("alignment.learning_rate_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("alignment.positions", lambda v: v in ("sum", "mean"), "sum, mean"),
 )
 
 _MISSING = object()

@@ -93,6 +93,10 @@ class _RuleLinear(nn.Module):
             values = rules.alignment.primitives(
                 f, self._alignment_input(x, w.dtype), w, b, rule.alignment.primitives
             )
+            # Output positions (1 for dense), for the train step's per-position mean option.
+            x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
+            positions = math.prod(jax.eval_shape(f, x_spec, w).shape[1:-1])
+            values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
             self.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
         measured = not self.input_layer and rule.matrix is not None
         if self.is_mutable_collection(ALIGNMENT) and measured:

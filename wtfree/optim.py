@@ -61,6 +61,7 @@ def make_optimizer(
     momentum: float = 0.0,
     nesterov: bool = False,
     weight_decay: float = 0.0,
+    alignment_scale: float = 1.0,
 ) -> optax.GradientTransformation:
     r"""SGD with weight decay for W, the same for trained B, nothing for fixed B.
 
@@ -79,7 +80,10 @@ def make_optimizer(
     own decay primitive (:math:`\alpha(\|W\|^2 + \|B\|^2)`, gradient :math:`2\alpha B`) with the
     authors' coefficient, and the optimizer's decay on top would count it twice and move the
     loss's minimum (SA's :math:`B^* = \tfrac{\beta}{2\alpha}W` would become
-    :math:`\tfrac{\beta}{2\alpha + \lambda}W`). Every other B gets no update from the optimizer
+    :math:`\tfrac{\beta}{2\alpha + \lambda}W`), and with its own step size
+    :math:`s\,\eta_t` (``alignment_scale`` s times W's schedule): the alignment losses'
+    coefficients set where B's minimum lies, s how fast B gets there (SA's B relaxes by
+    :math:`2\alpha s\eta_t/(1-\mu)` a step). Every other B gets no update from the optimizer
     (fixed, or moved by the mirror step).
 
     Args:
@@ -91,6 +95,7 @@ def make_optimizer(
       momentum: :math:`\mu`; 0 for plain SGD.
       nesterov: Nesterov momentum.
       weight_decay: :math:`\lambda`.
+      alignment_scale: s, the alignment-loss B's step size over W's; 1 moves them alike.
 
     Returns:
       An optax transform for ``{"params": ..., "feedback": ...}``.
@@ -104,7 +109,12 @@ def make_optimizer(
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
 
-    align = optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov)
+    def align_schedule(step):
+        return alignment_scale * learning_rate(step)
+
+    # A constant rate stays a number, so the optimizer state keeps its structure.
+    align_rate = align_schedule if callable(learning_rate) else alignment_scale * learning_rate
+    align = optax.sgd(align_rate, momentum=momentum or None, nesterov=nesterov)
 
     flags = traverse_util.flatten_dict(dict(trained_feedback or {}))
 

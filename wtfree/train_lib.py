@@ -69,6 +69,7 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int, trained_feedb
         momentum=opt.momentum,
         nesterov=opt.nesterov,
         weight_decay=opt.weight_decay,
+        alignment_scale=config.get("alignment", {}).get("learning_rate_scale", 1.0),
     )
     return tx, schedule
 
@@ -132,7 +133,9 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
     gradient W gets the task's alone and B its alignment loss's alone. ``alignment.input`` is
     ``activations`` (the layer's own input) or ``normal`` / ``uniform`` noise of std
     ``alignment.input_std``; ``alignment.coefficients`` maps each rule to its alpha, beta,
-    gamma (``wtfree.rules.alignment``).
+    gamma (``wtfree.rules.alignment``); ``alignment.positions`` (``sum`` or ``mean``) whether a
+    conv's primitives that read x sum or average over its output positions. B's step size,
+    ``alignment.learning_rate_scale`` times W's, is the optimizer's (``make_optimizer``).
     """
     loss_fn = metrics.get_loss(loss_name)
     if alignment is not None and alignment.input not in layers.ALIGNMENT_INPUTS:
@@ -152,7 +155,8 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
         # Noise primitives are measured at unit variance; they are quadratic in the input.
         scale = 1.0 if alignment.input == "activations" else alignment.input_std**2
         coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
-        return rules.alignment.total_loss(sown, coefficients, scale)
+        positions = alignment.get("positions", "sum")
+        return rules.alignment.total_loss(sown, coefficients, scale, positions)
 
     mutable = [layers.ALIGNMENT_LOSS] if alignment is not None else []
 

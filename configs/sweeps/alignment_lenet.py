@@ -12,6 +12,13 @@ that per-step rate 1e-3, the modern MLP's (configs/mnist_mlp_modern.py: 2 * 0.05
 bp is rerun at 0.001 beside them, and ia and wm_reg also at their default coefficients
 (``<rule>_x1``), since at 50 times those they diverge (measured). Each run takes 3-10 minutes
 on a shared 2-core CPU. README ("Alignment rules") has the measured numbers.
+
+The runs ``<rule>_lr0.01_s100_mean`` keep the config's rate, 0.01, and the default coefficients,
+and give B its own step size instead: ``alignment.learning_rate_scale`` 100, from the budget
+(SA's per-step relaxation 2 alpha s eta / (1 - mu) just below momentum's critical damping,
+2 alpha s eta = (1 - sqrt(mu))^2, which is s = 131 here; the same 2 alpha s eta = 2e-3 as the
+ResNet-8 sweep's s = 10 at 0.1), with the conv primitives averaged over output positions
+(``alignment.positions=mean``); one epoch each.
 """
 
 from wtfree.rules import alignment
@@ -49,6 +56,20 @@ def get_sweep() -> list[dict]:
                 "config": f"configs/mnist_lenet.py:rule={rule},dataset=fashion_mnist",
                 "overrides": base,
                 "name": f"{rule}_x1",
+            }
+        )
+    fast = {
+        "idx_dir": FASHION_IDX,
+        "num_epochs": 1,
+        "alignment.learning_rate_scale": 100.0,
+        "alignment.positions": "mean",
+    }
+    for rule in RULES:
+        runs.append(
+            {
+                "config": f"configs/mnist_lenet.py:rule={rule},dataset=fashion_mnist",
+                "overrides": fast,
+                "name": f"{rule}_lr0.01_s100_mean",
             }
         )
     return runs

@@ -44,6 +44,13 @@ Where the minima lie (dense, :math:`C = x^\top x / n`): SA's at :math:`B = \tfra
 the inputs); WM's at :math:`B = \tfrac{\beta}{2\alpha} C W`; IA's where
 :math:`B(\gamma I + \beta W^\top C W) = \tfrac{\alpha}{2} C W`.
 
+How fast B gets to its minimum is the optimizer's business: B steps at ``learning_rate_scale``
+times W's rate (``wtfree.optim.make_optimizer``; SA relaxes by :math:`2\alpha s\eta/(1-\mu)` a
+step). On a convolution the primitives that read x sum over its P output positions (the
+authors' convention), which multiplies C by P; ``positions="mean"`` (:meth:`Alignment.loss`)
+divides them by P, so that one setting fits dense and conv layers alike (README, "Alignment
+rules", has the measured curvatures).
+
 References:
   Kunin, Nayebi, Sagastuy-Brena, Ganguli, Bloom & Yamins, *Two Routes to Scalable Credit
   Assignment without Weight Symmetry*, ICML 2020; code: github.com/neuroailab/Neural-Alignment
@@ -64,6 +71,10 @@ Array = jax.Array
 # sigma^2 times the value at unit-variance noise).
 INPUT_PRIMITIVES = ("sparse", "null", "amp")
 PRIMITIVES = ("decay", "sparse", "null", "self", "amp")
+# Sown beside a layer's primitives: its number of output positions P (1 for dense), by which
+# ``positions="mean"`` divides the primitives that read x.
+POSITIONS = "positions"
+POSITION_MODES = ("sum", "mean")
 
 
 def _batch_mean_sq(y: Array) -> Array:
@@ -148,7 +159,11 @@ class Alignment:
         return tuple(p for _, p in self.terms)
 
     def loss(
-        self, values: Mapping[str, Array], coefficients: Mapping[str, float], input_scale=1.0
+        self,
+        values: Mapping[str, Array],
+        coefficients: Mapping[str, float],
+        input_scale=1.0,
+        positions: str = "sum",
     ) -> Array:
         r"""The weighted sum of one layer's primitive ``values``.
 
@@ -157,10 +172,17 @@ class Alignment:
           coefficients: ``{"alpha": ..., ...}`` (missing ones: ``defaults``).
           input_scale: multiplies the primitives that depend on x: :math:`\sigma^2` when they
             were measured on unit-variance noise standing for noise of std :math:`\sigma`.
+          positions: ``sum`` (the authors' convention: a conv's primitives that read x sum
+            over its P output positions) or ``mean`` (they are divided by P, ``values``'
+            ``positions`` entry: per position, as the mirror mode's Hebbian product).
 
         Returns:
           The scalar loss.
         """
+        if positions not in POSITION_MODES:
+            raise ValueError(f"positions={positions!r}; allowed: {', '.join(POSITION_MODES)}")
+        if positions == "mean":
+            input_scale = input_scale / values.get(POSITIONS, 1.0)
         total = 0.0
         for coefficient, primitive in self.terms:
             scale = input_scale if primitive in INPUT_PRIMITIVES else 1.0
@@ -209,7 +231,10 @@ def alignment_feedback(f: LinearFn, x: Array, w: Array, b: Array, rng: Array | N
 
 
 def total_loss(
-    sown: Mapping, coefficients: Mapping[str, Mapping[str, float]], input_scale=1.0
+    sown: Mapping,
+    coefficients: Mapping[str, Mapping[str, float]],
+    input_scale=1.0,
+    positions: str = "sum",
 ) -> Array:
     """The sum over layers of their rules' alignment losses.
 
@@ -218,14 +243,17 @@ def total_loss(
         ``{rule name: {primitive: value}}``, one per layer.
       coefficients: ``{rule name: {"alpha": ..., ...}}``.
       input_scale: as in :meth:`Alignment.loss`.
+      positions: as in :meth:`Alignment.loss`.
 
     Returns:
       The scalar total (0.0 when nothing was sown).
     """
     total = jnp.zeros((), jnp.float32)
+    leaf_keys = {*PRIMITIVES, POSITIONS}
     for key, value in sown.items():
-        if key in ALIGNMENTS and isinstance(value, Mapping) and set(value) <= set(PRIMITIVES):
-            total = total + ALIGNMENTS[key].loss(value, coefficients.get(key, {}), input_scale)
+        if key in ALIGNMENTS and isinstance(value, Mapping) and set(value) <= leaf_keys:
+            rule_coefficients = coefficients.get(key, {})
+            total = total + ALIGNMENTS[key].loss(value, rule_coefficients, input_scale, positions)
         elif isinstance(value, Mapping):
-            total = total + total_loss(value, coefficients, input_scale)
+            total = total + total_loss(value, coefficients, input_scale, positions)
     return total
