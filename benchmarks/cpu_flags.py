@@ -15,6 +15,18 @@ when the backend starts):
   time over wall time: on an idle 2-core machine, a program that keeps both cores busy shows
   about 2, one that runs mostly on one thread about 1. Under load both fall (the machine is
   shared), so compare variants of one run only; the load average is printed.
+- ``busiest thread``: the share of the process's CPU time spent by its busiest thread during
+  the ResNet steps: with 2 cores, 0.5 means the work was split evenly over two threads, 1.0
+  that one thread did it all (and the step's wall time is at least that thread's time). Under
+  load it moves too: XLA's thread pool steals work, so a thread that the OS keeps waiting
+  gets less of it.
+
+Under load, a process with more runnable threads gets a larger share of the cores (the OS
+schedules threads, not processes): 4 simulated devices run 4 programs on 4 threads at once and
+come out faster than 1 device for that reason alone. Compare device counts on a quiet machine.
+- ``MLP bp ms/step``: the seed MLP's bp step (configs/mnist_mlp.py, batch 128, ``--mlp_steps``
+  steps, median of ``--repeats``) in the same process: a flag that helps convolutions must
+  not slow the small matmuls down.
 
 Variants (``--variants``, comma-separated): ``N`` = N simulated devices, no flags; the named ones
 are one device with XLA flags (``VARIANTS``). A variant whose flag this jaxlib does not know
@@ -52,13 +64,42 @@ trainer, state = resnet_rules.make_trainer(config)
 batch = sharding.put_batch(resnet_rules.synthetic_batch({batch}), trainer.mesh)
 stepper = _timing.Stepper(resnet_rules.make_step(trainer, batch), state)
 stepper({warmup})
+def thread_cpu():
+    # Per thread of this process: user + system CPU seconds (Linux /proc; empty elsewhere).
+    out = {{}}
+    root = "/proc/self/task"
+    for tid in os.listdir(root) if os.path.isdir(root) else []:
+        try:
+            stat = open(os.path.join(root, tid, "stat")).read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[tid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
 walls, cpus = [], []
+threads_before = thread_cpu()
 for _ in range({repeats}):
     before = resource.getrusage(resource.RUSAGE_SELF)
     walls.append(stepper({steps}))
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
-print("RESULT " + json.dumps({{"walls": walls, "cpus": cpus}}))
+threads_after = thread_cpu()
+shares = sorted(
+    (t - threads_before.get(tid, 0.0) for tid, t in threads_after.items()), reverse=True
+)
+busiest = shares[0] / sum(shares) if shares and sum(shares) > 0 else None
+
+# The seed MLP (bp, batch 128) too: a flag that helps convolutions must not slow small matmuls.
+from wtfree import train_lib
+import mlp_rules
+mlp = train_lib.Trainer(_timing.load_config("mnist_mlp", "rule=bp"))
+mlp_batch = sharding.put_batch(mlp_rules.synthetic_batch(128), mlp.mesh)
+mlp_stepper = _timing.Stepper(mlp_rules._calling(mlp.train_step, mlp_batch), mlp.fresh_state())
+mlp_stepper(20)
+mlp_walls = [mlp_stepper({mlp_steps}) for _ in range({repeats})]
+result = {{"walls": walls, "cpus": cpus, "mlp_walls": mlp_walls, "busiest": busiest}}
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -76,6 +117,7 @@ def run_variant(name: str, args) -> dict | str:
         warmup=args.warmup,
         repeats=args.repeats,
         steps=args.steps,
+        mlp_steps=args.mlp_steps,
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
@@ -94,17 +136,17 @@ def main():
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--mlp_steps", type=int, default=200, help="seed MLP steps per run")
     args = parser.parse_args()
     print(f"before: {_timing.load_average()}")
-    rows, one = [], None
+    rows = []
     for name in args.variants.split(","):
         result = run_variant(name, args)
         if isinstance(result, str):
-            rows.append([name, "", result, "", "", "", ""])
+            rows.append([name, "", result, "", "", "", "", "", ""])
             continue
         wall = _timing.median(result["walls"]) / args.steps
         cpu = _timing.median(result["cpus"]) / args.steps
-        one = wall if name == "1" else one
         rows.append(
             [
                 name,
@@ -114,6 +156,8 @@ def main():
                 f"{args.batch_size / wall:.0f}",
                 f"{cpu * 1e3:.0f}",
                 f"{cpu / wall:.2f}",
+                "" if result["busiest"] is None else f"{result['busiest']:.2f}",
+                f"{_timing.median(result['mlp_walls']) / args.mlp_steps * 1e3:.2f}",
             ]
         )
         print(f"  {name}: {rows[-1][3]} ms/step, cores used {rows[-1][6]}", flush=True)
@@ -123,6 +167,7 @@ def main():
         f"{args.steps} steps per variant, each in its own process, on {os.cpu_count()} cores"
     )
     header = ["variant", "devices", "XLA_FLAGS", "ms/step", "images/s", "CPU ms/step", "cores"]
+    header += ["busiest thread", "MLP bp ms/step"]
     print(_timing.table(header, rows))
     print(f"after: {_timing.load_average()}")
 
