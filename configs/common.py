@@ -71,6 +71,7 @@ def set_mirror(
     noise_std: float = 1.0,
     every: int = 1,
     learning_rate: float | None = None,
+    noise: str = "normal",
 ) -> None:
     """Weight-mirror settings (rule=wm): a mirror batch of ``batch_size`` noise vectors per
     device every ``every`` steps, and ``pretrain_batches`` before training.
@@ -84,6 +85,11 @@ def set_mirror(
     backprop's learning rate, and 10 steps training; hence the default decay 0.1 (lag 10). B's
     estimation noise grows with ``decay / batch_size``: a larger decay wants a larger batch
     where layers are wide and have no conv positions to average over.
+
+    ``noise``: the distribution of the noise, ``normal``, ``rademacher`` (+-noise_std) or
+    ``uniform``, each with independent entries of mean 0 and std ``noise_std``. Rademacher
+    noise is 10-25x cheaper to draw on CPU; README ("Weight mirrors: the noise") has its cost
+    and its alignment against normal noise.
     """
     m = config.mirror
     m.batch_size = batch_size
@@ -91,6 +97,7 @@ def set_mirror(
     m.every = every
     m.decay = decay
     m.noise_std = noise_std
+    m.noise = noise
     m.learning_rate = (
         decay / (batch_size * noise_std**2) if learning_rate is None else learning_rate
     )

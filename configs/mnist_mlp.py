@@ -23,7 +23,8 @@ Weight-Transport):
 - The mirror mode is linear with the bias blocked (y = W x, as the paper's eq. 6); the seed
   feeds sigmoid(W x + b). Its small-noise slope is sigmoid'(0) = 1/4, so the mirror learning
   rate here is the seed's 0.01 times 1/4, and the noise is Gaussian with the std of the seed's
-  uniform noise (amplitude 0.1: std 0.1/sqrt(12)).
+  uniform noise (amplitude 0.1: std 0.1/sqrt(12)); `--config.mirror.noise=uniform` draws the
+  seed's uniform noise itself (2 epochs: the same accuracy and angle, README "Issue 11").
 - The seed's rescaling of B after each mirror pass is dead code (it rebinds a local), so there
   is none here.
 - KP's decay: the seed's default factor is 1, i.e. no decay; `optimizer.weight_decay` sets it

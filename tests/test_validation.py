@@ -19,6 +19,7 @@ from wtfree import config_lib
         ("mirror.decay", 1.0, "mirror.decay=1.0; allowed: a number in [0, 1)"),
         ("mirror.noise_std", 0.0, "mirror.noise_std=0.0; allowed: a number > 0"),
         ("mirror.every", 0, "mirror.every=0; allowed: an integer >= 1"),
+        ("mirror.noise", "gaussian", "mirror.noise='gaussian'; allowed: normal, rademacher"),
         ("optimizer.momentum", 1.0, "optimizer.momentum=1.0; allowed: a number in [0, 1)"),
         ("optimizer.weight_decay", -1e-4, "optimizer.weight_decay=-0.0001; allowed"),
         ("optimizer.boundaries", (0.6, 0.3), "optimizer.boundaries=(0.6, 0.3); allowed"),
@@ -79,6 +80,7 @@ def test_idx_dir_without_the_files(tmp_path):
     [
         (["--config.optimizer.learning_rate=-1"], "optimizer.learning_rate=-1.0; allowed"),
         (["--config.idx_dir=/no/such/dir"], "idx_dir='/no/such/dir' is not a directory"),
+        (["--config.mirror.noise=gaussian"], "mirror.noise='gaussian'; allowed: normal,"),
     ],
 )
 def test_train_cli_exits_2_with_one_line(args, expected, tmp_path):

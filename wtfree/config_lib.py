@@ -67,6 +67,7 @@ RANGES = (
     ("mirror.decay", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("mirror.noise_std", lambda v: _number(v) and v > 0, "a number > 0"),
     ("mirror.learning_rate", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("mirror.noise", lambda v: v in rules.MIRROR_NOISES, ", ".join(rules.MIRROR_NOISES)),
     (
         "model_kwargs.widths",
         lambda v: len(v) >= 1 and all(_integer(w) and w >= 1 for w in v),

@@ -28,6 +28,13 @@ BY_ALIGNMENT_LOSS = optim.BY_ALIGNMENT_LOSS
 # a layer into mirror mode and draws its noise.
 FEEDBACK_RNG = "feedback"
 MIRROR_RNG = "mirror"
+# The mirror step passes one of these streams: its name says the noise's distribution
+# (``mirror.noise``; rules.draw_noise). "mirror" stays the normal noise's, as before.
+MIRROR_NOISE_RNGS = {
+    "normal": MIRROR_RNG,
+    "rademacher": "mirror_rademacher",
+    "uniform": "mirror_uniform",
+}
 # Either stream, when present, feeds the alignment losses unit-variance noise of that
 # distribution instead of the layer's own input.
 ALIGNMENT_NOISE_RNGS = {"normal": "alignment_normal", "uniform": "alignment_uniform"}
@@ -84,10 +91,12 @@ class _RuleLinear(nn.Module):
         else:
             b = jnp.asarray(std, self.param_dtype)
 
-        if self.has_rng(MIRROR_RNG) and not self.input_layer:
-            if rule.feedback == rules.MIRROR:
-                noise = jax.random.normal(self.make_rng(MIRROR_RNG), x.shape, w.dtype)
-                self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
+        mirror = [d for d, stream in MIRROR_NOISE_RNGS.items() if self.has_rng(stream)]
+        if mirror and not self.input_layer and rule.feedback == rules.MIRROR:
+            (distribution,) = mirror
+            rng = self.make_rng(MIRROR_NOISE_RNGS[distribution])
+            noise = rules.draw_noise(rng, x.shape, w.dtype, distribution)
+            self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
         aligned = rule.alignment is not None and not self.input_layer
         if aligned and self.is_mutable_collection(ALIGNMENT_LOSS):
             values = rules.alignment.primitives(

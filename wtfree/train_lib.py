@@ -251,16 +251,22 @@ def make_eval_step(model, loss_name: str, top_k: tuple[int, ...] = (1,)):
     return eval_step
 
 
-def make_mirror_step(model, mesh, input_shape, *, learning_rate, decay, noise_std):
+def make_mirror_step(
+    model, mesh, input_shape, *, learning_rate, decay, noise_std, noise: str = "normal"
+):
     r"""``mirror_step(state, rng) -> state``: one weight-mirror batch for every ``wm`` layer.
 
     Runs per device under ``jax.shard_map``: each device feeds every layer its own noise batch
     (the key folded with the device index), measures the Hebbian product H, and ``lax.pmean``
     averages H so that B stays identical everywhere:
     :math:`B \leftarrow B + \eta\sigma^2\,\mathrm{mean}_d H_d - \lambda B`.
-    ``input_shape`` is the per-device noise batch (batch first); the model's forward values are
-    unused, so XLA drops them.
+    ``input_shape`` is the per-device noise batch (batch first); ``noise`` its distribution
+    (``rules.MIRROR_NOISES``, unit variance). The model's forward values are unused, so XLA
+    drops them.
     """
+    if noise not in layers.MIRROR_NOISE_RNGS:
+        raise ValueError(f"mirror.noise={noise!r}; allowed: {', '.join(layers.MIRROR_NOISE_RNGS)}")
+    stream = layers.MIRROR_NOISE_RNGS[noise]
 
     def hebbian(variables, rng):
         # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
@@ -269,7 +275,7 @@ def make_mirror_step(model, mesh, input_shape, *, learning_rate, decay, noise_st
         variables = jax.tree.map(lambda v: lax.pcast(v, sharding.DATA, to="varying"), variables)
         rng = jax.random.fold_in(rng, lax.axis_index(sharding.DATA))
         x = jnp.zeros(input_shape, jnp.float32)
-        _, sown = _apply(model, variables, x, False, {layers.MIRROR_RNG: rng}, [layers.MIRROR])
+        _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
         return lax.pmean(sown.get(layers.MIRROR, {}), sharding.DATA)
 
     per_device = jax.shard_map(hebbian, mesh=mesh, in_specs=(P(), P()), out_specs=P())
@@ -390,6 +396,7 @@ class Trainer:
                 learning_rate=m.learning_rate,
                 decay=m.decay,
                 noise_std=m.noise_std,
+                noise=m.get("noise", "normal"),
             )
             self.mirror_step = jax.jit(mirror_step, donate_argnums=0)
 

@@ -34,6 +34,9 @@ MAY_CHANGE = frozenset(
         "init_from",
     }
 )
+# Keys added to the configs after runs were recorded, with the value that reproduces those runs:
+# a config.json without one reads as holding that value, so the older workdirs still resume.
+ADDED_KEYS = {"mirror.noise": "normal"}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
@@ -73,6 +76,10 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict
     except ValueError as e:
         raise errors.RunError(f"{path} is not JSON ({e}); is {workdir} a wtfree workdir?") from e
     changes = changed_keys(old, as_json(config))
+    recorded = _flat(old)
+    for key, value in ADDED_KEYS.items():
+        if key in changes and key not in recorded and changes[key][1] == value:
+            del changes[key]
     refused = sorted(k for k in changes if k not in MAY_CHANGE)
     if refused:
         listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)

@@ -18,7 +18,14 @@ from wtfree.rules.sign_symmetry import (
     fixed_random_magnitude_sign,
     uniform_sign,
 )
-from wtfree.rules.weight_mirror import apply_hebbian, hebbian, mirror_update, weight_mirror
+from wtfree.rules.weight_mirror import NOISES as MIRROR_NOISES
+from wtfree.rules.weight_mirror import (
+    apply_hebbian,
+    draw_noise,
+    hebbian,
+    mirror_update,
+    weight_mirror,
+)
 
 # What a rule does with its feedback weights B:
 NONE = "none"  # stores no B (bp; sign rules derive it from W, given the layer's init std)
@@ -117,6 +124,7 @@ __all__ = [
     "GRADIENT",
     "LOSS",
     "MIRROR",
+    "MIRROR_NOISES",
     "NONE",
     "RULES",
     "Alignment",
@@ -125,6 +133,7 @@ __all__ = [
     "apply_hebbian",
     "direct_feedback",
     "direct_feedback_output",
+    "draw_noise",
     "feedback_linear",
     "get",
     "hebbian",

@@ -1,0 +1,165 @@
+"""The mirror noise (`mirror.noise`): its moments, the mirror step's expected update, the config."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.test_train import tiny_config
+from wtfree import config_lib, errors, layers, metrics, rules, train_lib, workdir
+
+# Fourth moments of the unit-variance distributions: they tell the three apart.
+FOURTH_MOMENT = {"normal": 3.0, "rademacher": 1.0, "uniform": 9 / 5}
+
+
+@pytest.fixture(autouse=True)
+def mock_mnist():
+    with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+@pytest.mark.parametrize("distribution", rules.MIRROR_NOISES)
+def test_noise_has_mean_0_variance_1_and_independent_entries(distribution):
+    n = 400_000
+    x = np.asarray(rules.draw_noise(jax.random.key(0), (n // 100, 100), jnp.float32, distribution))
+    assert x.shape == (n // 100, 100)
+    flat = x.ravel().astype(np.float64)
+    # Each bound is 5 standard errors of its estimate.
+    assert abs(flat.mean()) < 5 / math.sqrt(n)
+    fourth = FOURTH_MOMENT[distribution]
+    # Var(x^2) = E[x^4] - 1 (0 for Rademacher, whose x^2 is 1 exactly).
+    assert abs(np.mean(flat**2) - 1) <= 5 * math.sqrt((fourth - 1) / n) + 1e-9
+    assert abs(np.mean(flat**4) - fourth) < 0.05 * fourth
+    # Neighbours (the same 32-bit word for rademacher) and entries a word apart are uncorrelated.
+    for lag in (1, 31, 32, 100):
+        assert abs(np.mean(flat[:-lag] * flat[lag:])) < 5 / math.sqrt(n), lag
+    if distribution == "rademacher":
+        assert set(np.unique(x)) == {-1.0, 1.0}
+    if distribution == "uniform":
+        assert np.abs(x).max() <= math.sqrt(3)
+    other = rules.draw_noise(jax.random.key(1), (n // 100, 100), jnp.float32, distribution)
+    assert not np.array_equal(x, np.asarray(other))
+
+
+@pytest.mark.parametrize("distribution", rules.MIRROR_NOISES)
+def test_noise_second_moment_matrix_is_the_identity(distribution):
+    """E[x^T x] / N = I for N rows: what makes E[H] = N W (rules.hebbian)."""
+    n, d = 20_000, 12
+    x = np.asarray(rules.draw_noise(jax.random.key(3), (n, d), jnp.float32, distribution))
+    np.testing.assert_allclose(x.T @ x / n, np.eye(d), atol=5 * math.sqrt(3 / n))
+
+
+def test_unknown_noise_is_refused():
+    with pytest.raises(ValueError, match="mirror noise 'gaussian'; allowed: normal, rademacher"):
+        rules.draw_noise(jax.random.key(0), (4,), jnp.float32, "gaussian")
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "normal"])
+def test_mirror_step_moves_b_by_the_closed_form_expectation(distribution):
+    r"""One mirror batch of N noise rows of std sigma, decay 0: B' - B = eta sigma^2 x^T x W,
+    whose expectation is eta sigma^2 N W; with Rademacher noise the diagonal of x^T x is N
+    exactly, so only its off-diagonal part (relative size ~ sqrt(16 / N)) is noise."""
+    n, eta, sigma = 8192, 1e-4, 0.5
+    config = tiny_config(
+        "wm",
+        **{
+            "mirror.batch_size": n,
+            "mirror.learning_rate": eta,
+            "mirror.decay": 0.0,
+            "mirror.noise_std": sigma,
+            "mirror.noise": distribution,
+        },
+    )
+    trainer = train_lib.Trainer(config)
+    state = trainer.fresh_state()
+    w = np.asarray(state["params"]["output"]["kernel"])
+    b = np.asarray(state["feedback"]["output"]["kernel"])
+    after = trainer.mirror_step(state, jax.random.key(4))
+    update = np.asarray(after["feedback"]["output"]["kernel"]) - b
+    expected = eta * sigma**2 * n * w
+    assert float(metrics.angle(update, expected)) < 5.0
+    assert np.linalg.norm(update) / np.linalg.norm(expected) == pytest.approx(1.0, abs=0.08)
+
+
+@pytest.mark.parametrize("distribution", rules.MIRROR_NOISES)
+def test_layer_sows_the_hebbian_product_of_the_configured_noise(distribution):
+    """The layer draws from the stream the mirror step passes: E[H] = n W for each noise."""
+    dense = layers.Dense(features=3, rule="wm")
+    n = 16
+    x = jnp.zeros((n, 5))
+    variables = dense.init(jax.random.key(1), x)
+    stream = layers.MIRROR_NOISE_RNGS[distribution]
+
+    def sown_h(rng):
+        _, sown = dense.apply(variables, x, rngs={stream: rng}, mutable=[layers.MIRROR])
+        return sown[layers.MIRROR]["kernel"]
+
+    hs = jax.vmap(sown_h)(jax.random.split(jax.random.key(5), 2000))
+    w = variables["params"]["kernel"]
+    np.testing.assert_allclose(jnp.mean(hs, axis=0) / n, w, atol=0.1 * float(jnp.abs(w).max()))
+
+
+@pytest.mark.parametrize("input_shape", [(64, 7), (8, 8, 8, 3)])
+def test_mirror_update_with_rademacher_noise_has_the_closed_form_mean(input_shape):
+    r"""Dense and conv alike: the mean Rademacher update is :math:`\eta\sigma^2 n W`; for a
+    3x3 SAME convolution on 8x8 inputs each tap is scaled by the share of the 64 output
+    positions at which it sees the input (7/8 per off-centre axis), H being averaged over them."""
+    n, eta, sigma = input_shape[0], 0.1, 0.5
+    if len(input_shape) == 2:
+        w = jax.random.normal(jax.random.key(0), (7, 5))
+        share = np.ones(w.shape)
+
+        def f(x, w_):
+            return x @ w_
+    else:
+        w = jax.random.normal(jax.random.key(0), (3, 3, 3, 4))
+        edge = np.array([7 / 8, 1, 7 / 8])
+        share = (edge[:, None] * edge[None, :])[:, :, None, None]
+
+        def f(x, w_):
+            return jax.lax.conv_general_dilated(
+                x, w_, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+
+    b = jax.random.normal(jax.random.key(1), w.shape)
+
+    def update(k):
+        new = rules.mirror_update(
+            f,
+            w,
+            b,
+            k,
+            input_shape,
+            learning_rate=eta,
+            decay=0.0,
+            noise_std=sigma,
+            noise="rademacher",
+        )
+        return new - b
+
+    mean = jnp.mean(jax.lax.map(update, jax.random.split(jax.random.key(7), 200)), axis=0)
+    expected = eta * sigma**2 * n * np.asarray(w) * share
+    assert float(metrics.angle(mean, expected)) < 3.0
+    assert np.linalg.norm(mean) / np.linalg.norm(expected) == pytest.approx(1.0, abs=0.05)
+    assert float(metrics.angle(b, w)) > 45.0  # B started far from W
+
+
+def test_bad_noise_is_one_line_from_validate():
+    config_lib.validate(tiny_config("wm", **{"mirror.noise": "rademacher"}))
+    with pytest.raises(ValueError) as info:
+        config_lib.validate(tiny_config("wm", **{"mirror.noise": "gaussian"}))
+    assert str(info.value) == "mirror.noise='gaussian'; allowed: normal, rademacher, uniform"
+
+
+def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
+    """Its config.json has no mirror.noise: that reads as normal, the noise it was run with."""
+    old = workdir.as_json(tiny_config("wm"))
+    del old["mirror"]["noise"]
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    assert workdir.check_config(tiny_config("wm"), tmp_path) == {}
+    with pytest.raises(errors.RunError, match=r"mirror.noise \(None -> 'rademacher'\)"):
+        workdir.check_config(tiny_config("wm", **{"mirror.noise": "rademacher"}), tmp_path)
