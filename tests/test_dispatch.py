@@ -10,7 +10,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.test_train import tiny_config
-from wtfree import checkpoints, errors, logs, train_lib
+from wtfree import checkpoints, errors, logs, sharding, train_lib
 
 
 @pytest.fixture(autouse=True)
@@ -182,3 +182,54 @@ def test_automatic_steps_per_dispatch_follows_the_step_cost():
     # About 6 * 32 * (784 * 4096 + 4096 * 4096) = 3.8 GFLOP a step: over half DISPATCH_FLOPS.
     assert wide.steps_per_dispatch(batch) == 1
     assert train_lib.Trainer(tiny_config("bp", steps_per_dispatch=3)).steps_per_dispatch(batch) == 3
+
+
+def test_prefetch_puts_one_item_ahead_of_the_consumer_and_keeps_the_order():
+    events = []
+
+    def put(item):
+        events.append(f"put {item}")
+        return item * 10
+
+    got = []
+    for value in sharding.prefetch(iter(range(4)), put, depth=2):
+        events.append(f"take {value // 10}")
+        got.append(value)
+    assert got == [0, 10, 20, 30]
+    # Item i + 1 is put before item i is taken; never more than one put item waits unused.
+    assert events == [
+        "put 0", "put 1", "take 0", "put 2", "take 1", "put 3", "take 2", "take 3"
+    ]  # fmt: skip
+
+
+def test_put_chunk_shards_the_batch_axis_not_the_step_axis():
+    trainer = train_lib.Trainer(tiny_config("bp", num_devices=2))
+    batches = trainer.train_batches(0)
+    host = [next(batches) for _ in range(3)]
+    chunk = sharding.put_chunk({k: np.stack([b[k] for b in host]) for k in host[0]}, trainer.mesh)
+    image = chunk["image"]
+    assert image.shape == (3, *host[0]["image"].shape)
+    assert image.sharding.spec == jax.sharding.PartitionSpec(None, sharding.DATA)
+    shards = sorted(image.addressable_shards, key=lambda s: s.index[1].start)
+    half = host[0]["image"].shape[0] // 2
+    for i, shard in enumerate(shards):
+        assert shard.data.shape == (3, half, *host[0]["image"].shape[1:])
+        expected = np.stack([b["image"][i * half : (i + 1) * half] for b in host])
+        np.testing.assert_array_equal(np.asarray(shard.data), expected)
+
+
+@pytest.mark.parametrize("dataset, augment", [("mnist", False), ("cifar10", True)])
+def test_a_chunk_of_batches_is_the_batches_stacked(dataset, augment):
+    config = tiny_config("bp", dataset=dataset, augment=augment, batch_size=16)
+    trainer = train_lib.Trainer(config)
+    for process in range(2):  # this process's half of every global batch
+        one = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
+        many = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
+        next(one), next(many)
+        singles = [next(one) for _ in range(20)]  # across the epoch's end (16 steps)
+        chunks = [many.take(n) for n in (8, 4, 1, 7)]
+        for key in ("image", "label"):
+            expected = np.stack([b[key] for b in singles])
+            got = np.concatenate([c[key] for c in chunks])
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)

@@ -53,11 +53,10 @@ def put_batch(
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def put_chunk(batches: list[dict[str, np.ndarray]], mesh: Mesh) -> dict[str, jax.Array]:
-    """Stacks this process's shares of ``k`` consecutive batches into global ``[k, batch, ...]``
-    arrays, sharded as ``chunk_sharded``: one transfer for ``k`` steps."""
-    stacked = {key: np.stack([b[key] for b in batches]) for key in batches[0]}
-    return put_batch(stacked, mesh, chunk_sharded(mesh))
+def put_chunk(chunk: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles this process's shares of ``k`` consecutive batches, stacked ``[k, batch, ...]``,
+    into global arrays sharded as ``chunk_sharded``: one transfer for ``k`` steps."""
+    return put_batch(chunk, mesh, chunk_sharded(mesh))
 
 
 def prefetch(items: Iterable[T], put: Callable[[T], U], depth: int = 2) -> Iterator[U]:

@@ -655,8 +655,75 @@ def plan_dispatches(start: int, total: int, ends_chunk, k: int) -> Iterator[tupl
         step = end
 
 
+def _stacked(batches: Iterator, sizes: Iterator[int], first=None) -> Iterator[dict]:
+    """The next ``n`` batches stacked ``[n, B, ...]`` for every ``n`` of ``sizes``, in one gather
+    where the iterator offers ``take(n)`` (``data.ArrayDataset``'s). ``first``: a batch already
+    drawn from ``batches``, which leads the first chunk."""
+    for n in sizes:
+        if first is None and hasattr(batches, "take"):
+            yield batches.take(n)
+            continue
+        parts = [first] if first is not None else []
+        parts += [next(batches) for _ in range(n - len(parts))]
+        first = None
+        yield {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+
+
+def train_chunks(
+    trainer: Trainer, state: State, batches: Iterator, start: int, total: int, k: int, first=None
+) -> Iterator[tuple[int, State, dict, dict, dict | None]]:
+    """Runs steps ``start`` to ``total`` as ``trainer.train_steps`` calls of the chunks that
+    ``plan_dispatches`` cuts (``k`` steps at most), with the batches stacked and put a call
+    ahead (``sharding.prefetch``).
+
+    Args:
+      trainer: the run's Trainer.
+      state: the state at step ``start``.
+      batches: this process's batches from step ``start`` on (one per step), or from
+        ``start + 1`` on where ``first`` is step ``start``'s batch.
+      start: the first step; a chunk end (0, or a step the run checkpointed at).
+      total: the run's last step.
+      k: the longest chunk (``trainer.steps_per_dispatch``).
+      first: step ``start``'s batch, if already drawn from ``batches``.
+
+    Returns:
+      An iterator of ``(step, state, watch, measurements, alignment)`` at every chunk end:
+      the state after ``step``, the NaN watch so far (``_check_finite``), the last step's train
+      measurements, and before a logged step (``step % config.log_every_steps == 0`` or
+      ``total``) ``measure_step`` of the state before it, else None.
+    """
+    config = trainer.config
+    ends_chunk = functools.partial(
+        _ends_chunk, config=config, total=total, per_epoch=trainer.steps_per_epoch, k=k
+    )
+    sizes = (n for n, _ in plan_dispatches(start, total, ends_chunk, k))
+    chunks = sharding.prefetch(
+        _stacked(batches, sizes, first), functools.partial(sharding.put_chunk, mesh=trainer.mesh)
+    )
+    replicated = sharding.replicated(trainer.mesh)
+    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
+    in_flight = collections.deque()
+    step, alignment = start, None
+    for (n, chunk_end), chunk in zip(
+        plan_dispatches(start, total, ends_chunk, k), chunks, strict=True
+    ):
+        if (step + n) % config.log_every_steps == 0 or step + n == total:
+            # A call of one step: the step before a logged one ends a chunk.
+            alignment = trainer.measure_step(state, trainer.first_of_chunk(chunk))
+        state, watch, measurements = trainer.train_steps(state, watch, chunk)
+        step += n
+        in_flight.append(measurements)
+        if len(in_flight) > 2:
+            # At most two calls in flight: with several CPU devices, queueing dozens of
+            # collective steps deadlocks XLA's CPU rendezvous; two keep the device busy.
+            jax.block_until_ready(in_flight.popleft())
+        if chunk_end:
+            yield step, state, watch, measurements, alignment
+            alignment = None
+
+
 def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str, float]:
-    """Runs the steps as ``trainer.train_steps`` calls of up to ``steps_per_dispatch`` steps.
+    """Trains from the restored state to the end, acting at chunk ends (``train_chunks``).
 
     Chunks end where the host acts: at multiples of ``steps_per_dispatch`` and at every step
     that logs, evaluates or checkpoints, and one step before a logged one (its alignment is
@@ -670,49 +737,23 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
     if step >= total:
         return {}
-    mesh = trainer.mesh
     batches = trainer.train_batches(step)
-    # One iterator, so a pipeline with worker processes starts once.
+    # One iterator (its first batch drawn here), so a pipeline with worker processes starts once.
     first = next(batches)
-    batches = itertools.chain([first], batches)
     if step == 0:
         # Step 0's alignment, before any update, on the first batch (which then trains too).
-        writer.write(0, 0.0, _host(trainer.measure_step(state, sharding.put_batch(first, mesh))))
+        put = sharding.put_batch(first, trainer.mesh)
+        writer.write(0, 0.0, _host(trainer.measure_step(state, put)))
     k = trainer.steps_per_dispatch(first)
-    ends_chunk = functools.partial(
-        _ends_chunk, config=config, total=total, per_epoch=per_epoch, k=k
-    )
-    chunks = sharding.prefetch(
-        ([next(batches) for _ in range(n)] for n, _ in plan_dispatches(step, total, ends_chunk, k)),
-        functools.partial(sharding.put_chunk, mesh=mesh),
-    )
+    chunks = train_chunks(trainer, state, batches, step, total, k, first)
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
-    replicated = sharding.replicated(mesh)
-    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
-    in_flight = collections.deque()
-    chunk_ends = 0
-    for (n, chunk_end), chunk in zip(
-        plan_dispatches(step, total, ends_chunk, k), chunks, strict=True
-    ):
+    for calls, (step, state, watch, measurements, alignment) in enumerate(chunks):
         if lock is not None and lock.lost:
             raise errors.RunError(f"another run took over {manager.directory}; stopped")
-        log_now = (step + n) % config.log_every_steps == 0 or step + n == total
-        if log_now:  # a call of one step: the step before a logged one ends a chunk
-            alignment = trainer.measure_step(state, trainer.first_of_chunk(chunk))
-        state, watch, measurements = trainer.train_steps(state, watch, chunk)
-        step += n
-        in_flight.append(measurements)
-        if len(in_flight) > 2:
-            # At most two calls in flight: with several CPU devices, queueing dozens of
-            # collective steps deadlocks XLA's CPU rendezvous; two keep the device busy.
-            jax.block_until_ready(in_flight.popleft())
-        if not chunk_end:
-            continue
-
         epoch = step / per_epoch
-        if log_now:
+        if alignment is not None:  # a log step
             _check_finite(watch, manager)
             values = {**_host(measurements), **_host(alignment)}
             values["train/learning_rate"] = float(trainer.schedule(step - 1))
@@ -723,8 +764,7 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
             last_test = trainer.evaluate(state)
             writer.write(step, epoch, last_test)
             logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
-        preempted = preemption.reached(chunk_ends)
-        chunk_ends += 1
+        preempted = preemption.reached(calls)
         if step % config.checkpoint_every_steps == 0 or step == total or preempted:
             _check_finite(watch, manager)
             checkpoints.save(manager, state, force=preempted)

@@ -16,8 +16,9 @@ from wtfree import errors, logs, paths
 
 # Keys that may differ between the runs of one workdir: how long to train, how often to log,
 # evaluate and checkpoint, how many steps one call runs, how much of the test set to use, where
-# the data is, how many devices share the work. Everything else (model, rule, data, optimizer, seeds, batch size) makes
-# another experiment, whose checkpoints would not fit or would mean something else.
+# the data is, how many devices share the work. Everything else (model, rule, data, optimizer,
+# seeds, batch size) makes another experiment, whose checkpoints would not fit or would mean
+# something else.
 MAY_CHANGE = frozenset(
     {
         "num_epochs",
