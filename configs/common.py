@@ -56,6 +56,9 @@ def base_config(
     config.log_every_steps = 100
     config.eval_every_steps = 10**9  # besides every epoch's end
     config.checkpoint_every_steps = 1000
+    # Train steps per jitted call (a lax.scan over stacked batches); 0: automatic
+    # (train_lib.Trainer.steps_per_dispatch). Results do not depend on it.
+    config.steps_per_dispatch = 0
     config.keep_checkpoints = 3
     config.init_from = placeholder(str)
     config.num_devices = placeholder(int)

@@ -49,6 +49,7 @@ RANGES = (
     ("log_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("eval_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("checkpoint_every_steps", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("steps_per_dispatch", lambda v: _integer(v) and v >= 0, "an integer >= 0 (0: automatic)"),
     ("keep_checkpoints", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("num_devices", lambda v: v is None or (_integer(v) and v >= 1), "None or an integer >= 1"),
     ("dtype", lambda v: v in ("float32", "bfloat16", "float16"), "float32, bfloat16, float16"),

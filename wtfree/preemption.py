@@ -10,8 +10,8 @@ class Preemption:
     """Tells the train loop when to stop for a preemption, at the same step on every process.
 
     Multi-process runs use JAX's own preemption sync manager, which ``jax.distributed``
-    installs with its SIGTERM notifier: ``reached_preemption_sync_point(step)`` becomes true on
-    every process at the same step once any of them got the signal. A single process catches
+    installs with its SIGTERM notifier: ``reached_preemption_sync_point(counter)`` becomes true
+    on every process at the same call once any of them got the signal. A single process catches
     SIGTERM itself (restoring the previous handler on ``close``).
     """
 
@@ -26,10 +26,16 @@ class Preemption:
         del signum, frame
         self._signalled = True
 
-    def reached(self, step: int) -> bool:
-        """Whether to checkpoint at ``step`` and stop; call it at every step on every process."""
+    def reached(self, counter: int) -> bool:
+        """Whether to checkpoint now and stop.
+
+        Call it at the same points of the run on every process (the train loop: at every chunk
+        end), with a ``counter`` that grows by one per call: JAX's sync manager stops every
+        process at the call numbered one past the highest any of them had made when the notice
+        came, and a number that skips values would never be reached.
+        """
         if self.distributed:
-            return multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(counter)
         return self._signalled
 
     def close(self) -> None:

@@ -1,11 +1,18 @@
 """The device mesh and shardings: batch split over the "data" axis, state replicated."""
 
+import collections
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -30,12 +37,41 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each process's share of a batch into global arrays sharded over "data"."""
-    sharding = batch_sharded(mesh)
+def chunk_sharded(mesh: Mesh) -> NamedSharding:
+    """Stacked batches ``[k, batch, ...]``: the batch axis split over "data", the step axis not."""
+    return NamedSharding(mesh, P(None, DATA))
+
+
+def put_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh, sharding: NamedSharding | None = None
+) -> dict[str, jax.Array]:
+    """Assembles each process's share of a batch into global arrays sharded over "data"
+    (``sharding``: by default ``batch_sharded``)."""
+    sharding = sharding or batch_sharded(mesh)
     if jax.process_count() == 1:
         return jax.device_put(batch, sharding)  # the same arrays, in a third less time
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def put_chunk(chunk: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles this process's shares of ``k`` consecutive batches, stacked ``[k, batch, ...]``,
+    into global arrays sharded as ``chunk_sharded``: one transfer for ``k`` steps."""
+    return put_batch(chunk, mesh, chunk_sharded(mesh))
+
+
+def prefetch(items: Iterable[T], put: Callable[[T], U], depth: int = 2) -> Iterator[U]:
+    """``put(item)`` for every item, issued ``depth - 1`` items ahead of the consumer.
+
+    When the consumer takes item i, item i + 1 is already put: it was assembled and its copy
+    issued just before, while the device still ran the work dispatched on item i - 1. So the
+    host's work and the copy overlap the device's instead of preceding it.
+    """
+    items = iter(items)
+    queue = collections.deque(put(item) for item in itertools.islice(items, depth))
+    while queue:
+        yield queue.popleft()
+        for item in itertools.islice(items, 1):
+            queue.append(put(item))
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:

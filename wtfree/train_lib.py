@@ -1,13 +1,16 @@
 """The training loop: init_state, train_step, mirror_step, eval_step, train_and_evaluate."""
 
+import collections
 import functools
 import itertools
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from absl import logging
 from etils import epath
@@ -36,6 +39,12 @@ from wtfree import workdir as workdir_lib
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
 STATE_COLLECTIONS = ("params", "feedback", "batch_stats")
+# config.steps_per_dispatch = 0 (automatic) runs as many steps per jitted call as make at least
+# DISPATCH_FLOPS of work (a call costs the host ~0.1-0.3 ms: at CPU rates below 1% of 4 GFLOP),
+# at most MAX_STEPS_PER_DISPATCH and DISPATCH_BYTES of stacked batches, as a power of two.
+DISPATCH_FLOPS = 4e9
+DISPATCH_BYTES = 64 * 2**20
+MAX_STEPS_PER_DISPATCH = 32
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -296,6 +305,38 @@ def _mirror_rng(state: State, stream: int, index) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(state["rng"], stream), index)
 
 
+def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1):
+    r"""``multi_step(state, watch, chunk) -> (state, watch, measurements)``: one train step per
+    batch of ``chunk`` (batches stacked on a leading axis of length k), under one ``lax.scan``.
+
+    With ``mirror_step``, the step that makes ``state["step"]`` a multiple of ``mirror_every``
+    is followed by a mirror batch whose key is ``_mirror_rng(state, 1, step)`` of the step's own
+    (pre-step) number: the same steps and keys as one call per step. ``watch`` (``_watch_loss``)
+    rides in the scan's carry, so the NaN watch costs no call of its own. ``measurements`` are
+    the last step's.
+    """
+
+    def mirror(state: State, rng) -> State:
+        if mirror_every == 1:
+            return mirror_step(state, rng)
+        return lax.cond(state["step"] % mirror_every == 0, mirror_step, lambda s, _: s, state, rng)
+
+    def one_step(carry, batch):
+        state, watch = carry
+        rng = _mirror_rng(state, 1, state["step"])
+        state, measurements = train_step(state, batch)
+        if mirror_step is not None:
+            state = mirror(state, rng)
+        watch = _watch_loss(watch, state["step"], measurements["train/loss"])
+        return (state, watch), measurements
+
+    def multi_step(state: State, watch: dict, chunk):
+        (state, watch), measurements = lax.scan(one_step, (state, watch), chunk)
+        return state, watch, jax.tree.map(lambda m: m[-1], measurements)
+
+    return multi_step
+
+
 def evaluate(
     eval_step, state, ds, mesh, batch_size: int, split: str = "test", max_batches: int = 0
 ) -> dict:
@@ -407,7 +448,20 @@ class Trainer:
                 return mirror_step(state, rng), measurements
 
             self.train_mirror_step = jax.jit(train_mirror_step, **step_shardings)
+        multi_step = make_multi_step(
+            train_step,
+            mirror_step if self.uses_mirror else None,
+            config.mirror.every if self.uses_mirror else 1,
+        )
+        self.train_steps = jax.jit(
+            multi_step,
+            in_shardings=(replicated, replicated, sharding.chunk_sharded(self.mesh)),
+            out_shardings=(replicated, replicated, replicated),
+            donate_argnums=(0, 1),
+        )
+        self.first_of_chunk = jax.jit(lambda chunk: jax.tree.map(lambda x: x[0], chunk))
         self.rng = rng
+        self._steps_per_dispatch = config.get("steps_per_dispatch", 0)
 
     def fresh_state(self) -> State:
         return self.init_state(self.rng)
@@ -421,6 +475,28 @@ class Trainer:
             process_count=jax.process_count(),
             augment=self.config.get("augment", False),
         )
+
+    def steps_per_dispatch(self, batch: dict[str, np.ndarray]) -> int:
+        """``config.steps_per_dispatch``, or where it is 0 the power of two that gives a call
+        ``DISPATCH_FLOPS`` of work (XLA's count of the train step on ``batch``'s shapes), capped
+        by ``MAX_STEPS_PER_DISPATCH`` and ``DISPATCH_BYTES`` of stacked batches. A function of
+        the config and the shapes alone, so every process and every resume gets the same."""
+        if self._steps_per_dispatch:
+            return self._steps_per_dispatch
+        size = self.config.batch_size  # the global batch; ``batch`` is this process's share
+        spec = sharding.batch_sharded(self.mesh)
+        shapes = {
+            key: jax.ShapeDtypeStruct((size, *np.shape(v)[1:]), np.asarray(v).dtype, sharding=spec)
+            for key, v in batch.items()
+        }
+        nbytes = sum(np.prod(s.shape) * s.dtype.itemsize for s in shapes.values())
+        cost = self.train_step.trace(self.abstract_state, shapes).lower().cost_analysis()
+        flops = float((cost or {}).get("flops", 0.0))
+        k = min(MAX_STEPS_PER_DISPATCH, DISPATCH_BYTES / nbytes)
+        if flops > 0:
+            k = min(k, DISPATCH_FLOPS / flops)
+        self._steps_per_dispatch = 1 << max(0, int(k).bit_length() - 1)
+        return self._steps_per_dispatch
 
     def mirror_pretrain(self, state: State) -> State:
         """The seed's mirror pass before training: ``mirror.pretrain_batches`` batches."""
@@ -466,7 +542,6 @@ def _host(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
-@jax.jit
 def _watch_loss(watch: dict, step, loss) -> dict:
     """Remembers whether every loss so far was finite, and the first that was not (step, value)."""
     finite = jnp.isfinite(loss)
@@ -557,45 +632,139 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
             lock.release()
 
 
+def _ends_chunk(t: int, config: ml_collections.ConfigDict, total: int, per_epoch: int, k: int):
+    """Whether the host must act after step ``t``: log (and, one step before, measure the
+    alignment), evaluate, checkpoint, end the run, or ``t`` is a multiple of ``k``."""
+    log = config.log_every_steps
+    return (
+        t % k == 0
+        or t >= total - 1
+        or t % log == 0
+        or (t + 1) % log == 0
+        or t % per_epoch == 0
+        or t % config.eval_every_steps == 0
+        or t % config.checkpoint_every_steps == 0
+    )
+
+
+def plan_dispatches(start: int, total: int, ends_chunk, k: int) -> Iterator[tuple[int, bool]]:
+    """``(steps, chunk_ends)`` of every jitted call from step ``start`` to ``total``.
+
+    A chunk runs from one step where ``ends_chunk`` holds to the next (at most ``k`` steps);
+    it is dispatched as calls of power-of-two lengths, longest first, so that at most
+    log2(k) + 1 lengths are ever compiled. The chunk ends are a function of the step alone:
+    an interrupted run and its resumption (which starts at a chunk end) cut the same chunks.
+    """
+    step = start
+    while step < total:
+        end = next(t for t in range(step + 1, step + k + 1) if ends_chunk(t))
+        n = end - step
+        while n:
+            piece = 1 << (n.bit_length() - 1)
+            n -= piece
+            yield piece, n == 0
+        step = end
+
+
+def _stacked(batches: Iterator, sizes: Iterator[int], first=None) -> Iterator[dict]:
+    """The next ``n`` batches stacked ``[n, B, ...]`` for every ``n`` of ``sizes``, in one gather
+    where the iterator offers ``take(n)`` (``data.ArrayDataset``'s). ``first``: a batch already
+    drawn from ``batches``, which leads the first chunk."""
+    for n in sizes:
+        if first is None and hasattr(batches, "take"):
+            yield batches.take(n)
+            continue
+        parts = [first] if first is not None else []
+        parts += [next(batches) for _ in range(n - len(parts))]
+        first = None
+        yield {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+
+
+def train_chunks(
+    trainer: Trainer, state: State, batches: Iterator, start: int, total: int, k: int, first=None
+) -> Iterator[tuple[int, State, dict, dict, dict | None]]:
+    """Runs steps ``start`` to ``total`` as ``trainer.train_steps`` calls of the chunks that
+    ``plan_dispatches`` cuts (``k`` steps at most), with the batches stacked and put a call
+    ahead (``sharding.prefetch``).
+
+    Args:
+      trainer: the run's Trainer.
+      state: the state at step ``start``.
+      batches: this process's batches from step ``start`` on (one per step), or from
+        ``start + 1`` on where ``first`` is step ``start``'s batch.
+      start: the first step; a chunk end (0, or a step the run checkpointed at).
+      total: the run's last step.
+      k: the longest chunk (``trainer.steps_per_dispatch``).
+      first: step ``start``'s batch, if already drawn from ``batches``.
+
+    Returns:
+      An iterator of ``(step, state, watch, measurements, alignment)`` at every chunk end:
+      the state after ``step``, the NaN watch so far (``_check_finite``), the last step's train
+      measurements, and before a logged step (``step % config.log_every_steps == 0`` or
+      ``total``) ``measure_step`` of the state before it, else None.
+    """
+    config = trainer.config
+    ends_chunk = functools.partial(
+        _ends_chunk, config=config, total=total, per_epoch=trainer.steps_per_epoch, k=k
+    )
+    sizes = (n for n, _ in plan_dispatches(start, total, ends_chunk, k))
+    chunks = sharding.prefetch(
+        _stacked(batches, sizes, first), functools.partial(sharding.put_chunk, mesh=trainer.mesh)
+    )
+    replicated = sharding.replicated(trainer.mesh)
+    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
+    in_flight = collections.deque()
+    step, alignment = start, None
+    for (n, chunk_end), chunk in zip(
+        plan_dispatches(start, total, ends_chunk, k), chunks, strict=True
+    ):
+        if (step + n) % config.log_every_steps == 0 or step + n == total:
+            # A call of one step: the step before a logged one ends a chunk.
+            alignment = trainer.measure_step(state, trainer.first_of_chunk(chunk))
+        state, watch, measurements = trainer.train_steps(state, watch, chunk)
+        step += n
+        in_flight.append(measurements)
+        if len(in_flight) > 2:
+            # At most two calls in flight: with several CPU devices, queueing dozens of
+            # collective steps deadlocks XLA's CPU rendezvous; two keep the device busy.
+            jax.block_until_ready(in_flight.popleft())
+        if chunk_end:
+            yield step, state, watch, measurements, alignment
+            alignment = None
+
+
 def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str, float]:
+    """Trains from the restored state to the end, acting at chunk ends (``train_chunks``).
+
+    Chunks end where the host acts: at multiples of ``steps_per_dispatch`` and at every step
+    that logs, evaluates or checkpoints, and one step before a logged one (its alignment is
+    measured on the state before it). So everything lands on the steps it would with one step
+    per call, and the results are bit-identical. A preemption is honoured at the first chunk
+    end after the signal (every process agrees on which), and checkpoints there.
+    """
     config = trainer.config
     state = restore_or_init(trainer, manager)
     step = int(jax.device_get(state["step"]))
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
+    if step >= total:
+        return {}
     batches = trainer.train_batches(step)
+    # One iterator (its first batch drawn here), so a pipeline with worker processes starts once.
+    first = next(batches)
     if step == 0:
-        # Step 0's alignment, before any update, on the first batch (which then trains too:
-        # one iterator, so a pipeline with worker processes starts once).
-        first = next(batches)
-        writer.write(
-            0, 0.0, _host(trainer.measure_step(state, sharding.put_batch(first, trainer.mesh)))
-        )
-        batches = itertools.chain([first], batches)
+        # Step 0's alignment, before any update, on the first batch (which then trains too).
+        put = sharding.put_batch(first, trainer.mesh)
+        writer.write(0, 0.0, _host(trainer.measure_step(state, put)))
+    k = trainer.steps_per_dispatch(first)
+    chunks = train_chunks(trainer, state, batches, step, total, k, first)
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
-    replicated = sharding.replicated(trainer.mesh)
-    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
-    while step < total:
+    for calls, (step, state, watch, measurements, alignment) in enumerate(chunks):
         if lock is not None and lock.lost:
             raise errors.RunError(f"another run took over {manager.directory}; stopped")
-        batch = sharding.put_batch(next(batches), trainer.mesh)
-        log_now = (step + 1) % config.log_every_steps == 0 or step + 1 == total
-        if log_now:
-            alignment = trainer.measure_step(state, batch)
-        if trainer.uses_mirror and (step + 1) % config.mirror.every == 0:
-            state, measurements = trainer.train_mirror_step(state, batch)
-        else:
-            state, measurements = trainer.train_step(state, batch)
-        step += 1
-        watch = _watch_loss(watch, step, measurements["train/loss"])
-        if step % 8 == 0:
-            # With several CPU devices, queueing dozens of collective steps without waiting
-            # deadlocks XLA's CPU rendezvous; waiting now and then costs nothing measurable.
-            jax.block_until_ready(measurements)
-
         epoch = step / per_epoch
-        if log_now:
+        if alignment is not None:  # a log step
             _check_finite(watch, manager)
             values = {**_host(measurements), **_host(alignment)}
             values["train/learning_rate"] = float(trainer.schedule(step - 1))
@@ -606,7 +775,7 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
             last_test = trainer.evaluate(state)
             writer.write(step, epoch, last_test)
             logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
-        preempted = preemption.reached(step)
+        preempted = preemption.reached(calls)
         if step % config.checkpoint_every_steps == 0 or step == total or preempted:
             _check_finite(watch, manager)
             checkpoints.save(manager, state, force=preempted)

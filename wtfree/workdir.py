@@ -15,9 +15,10 @@ from etils import epath
 from wtfree import errors, logs, paths
 
 # Keys that may differ between the runs of one workdir: how long to train, how often to log,
-# evaluate and checkpoint, how much of the test set to use, where the data is, how many devices
-# share the work. Everything else (model, rule, data, optimizer, seeds, batch size) makes
-# another experiment, whose checkpoints would not fit or would mean something else.
+# evaluate and checkpoint, how many steps one call runs, how much of the test set to use, where
+# the data is, how many devices share the work. Everything else (model, rule, data, optimizer,
+# seeds, batch size) makes another experiment, whose checkpoints would not fit or would mean
+# something else.
 MAY_CHANGE = frozenset(
     {
         "num_epochs",
@@ -25,6 +26,7 @@ MAY_CHANGE = frozenset(
         "log_every_steps",
         "eval_every_steps",
         "checkpoint_every_steps",
+        "steps_per_dispatch",
         "keep_checkpoints",
         "eval_batch_size",
         "eval_steps",

@@ -1,0 +1,235 @@
+"""Several train steps per jitted call: the same results, logs, evaluations, checkpoints, NaN
+stops and preemptions as one step per call."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from tests.test_train import tiny_config
+from wtfree import checkpoints, errors, logs, sharding, train_lib
+
+
+@pytest.fixture(autouse=True)
+def mock_mnist():
+    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+        yield
+
+
+def states(workdir, config):
+    """Every checkpoint of a run: step -> state (host arrays)."""
+    trainer = train_lib.Trainer(config)
+    with checkpoints.make_manager(workdir, keep=100) as manager:
+        return {
+            s: jax.device_get(checkpoints.restore(manager, trainer.abstract_state, s))
+            for s in manager.all_steps()
+        }
+
+
+def assert_same_run(a, b, config_a, config_b):
+    """Bit for bit: every checkpoint (at the same steps) and every metrics.jsonl line."""
+    sa, sb = states(a, config_a), states(b, config_b)
+    assert sorted(sa) == sorted(sb)
+    for step in sa:
+        for x, y in zip(jax.tree.leaves(sa[step]), jax.tree.leaves(sb[step]), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=str(step))
+    assert logs.read_metrics(str(a)) == logs.read_metrics(str(b))
+
+
+def record_calls(monkeypatch) -> list[int]:
+    """The number of steps of every train call the loop makes (appended as it plans them)."""
+    sizes = []
+    plan = train_lib.plan_dispatches
+
+    def recording(*args):
+        for n, end in plan(*args):
+            sizes.append(n)
+            yield n, end
+
+    monkeypatch.setattr(train_lib, "plan_dispatches", recording)
+    return sizes
+
+
+def test_chunks_end_on_every_host_step_and_are_the_same_after_a_resume():
+    config = tiny_config("bp", log_every_steps=10, eval_every_steps=7, checkpoint_every_steps=9)
+    total, per_epoch, k = 50, 12, 8
+
+    def ends_chunk(t):
+        return train_lib._ends_chunk(t, config, total, per_epoch, k)
+
+    calls = list(train_lib.plan_dispatches(0, total, ends_chunk, k))
+    assert sum(n for n, _ in calls) == total
+    assert all(n in (1, 2, 4, 8) for n, _ in calls)
+    steps = np.cumsum([n for n, _ in calls])
+    ends = [int(s) for s, (_, end) in zip(steps, calls, strict=True) if end]
+    host = {t for t in range(1, total + 1) if t % 10 == 0 or t % 7 == 0 or t % 9 == 0}
+    host |= {t for t in range(1, total + 1) if t % 12 == 0 or t % 8 == 0}
+    host |= {t - 1 for t in range(1, total + 1) if t % 10 == 0} | {total - 1, total}
+    assert ends == sorted(host)
+    # A logged step is a call of its own, so its alignment is measured on the state before it.
+    for i, t in enumerate(steps):
+        if t % 10 == 0:
+            assert calls[i][0] == 1 and steps[i - 1] == t - 1
+    # Within a chunk, longest call first; a chunk is never longer than k.
+    starts = [0, *ends[:-1]]
+    assert all(0 < e - s <= k for s, e in zip(starts, ends, strict=True))
+    # Resuming at any chunk end cuts the rest exactly as the uninterrupted run does.
+    for s in ends[:-1]:
+        tail = list(train_lib.plan_dispatches(s, total, ends_chunk, k))
+        i = int(np.searchsorted(steps, s)) + 1
+        assert tail == calls[i:]
+
+
+@pytest.mark.parametrize(
+    "rule, num_devices, every", [("bp", 1, 1), ("wm", 1, 1), ("wm", 2, 2), ("kp", 2, 1)]
+)
+def test_four_steps_per_call_equal_one_step_per_call(
+    rule, num_devices, every, tmp_path, monkeypatch
+):
+    # 8 steps an epoch (256 examples, batch 32): evaluations at 8, 16, 20; logs every 5 steps
+    # (alignment measured at 4, 9, 14, 19); checkpoints every 6 steps.
+    common = dict(
+        num_train_steps=20,
+        log_every_steps=5,
+        checkpoint_every_steps=6,
+        keep_checkpoints=100,
+        num_devices=num_devices,
+        **{"mirror.every": every},
+    )
+    one = tiny_config(rule, steps_per_dispatch=1, **common)
+    four = tiny_config(rule, steps_per_dispatch=4, **common)
+    train_lib.train_and_evaluate(one, str(tmp_path / "one"))
+    sizes = record_calls(monkeypatch)
+    train_lib.train_and_evaluate(four, str(tmp_path / "four"))
+    assert sizes.count(4) >= 1 and sizes.count(2) >= 2  # the test does run several per call
+    assert_same_run(tmp_path / "one", tmp_path / "four", one, four)
+    assert sorted(states(tmp_path / "four", four)) == [6, 12, 18, 20]
+
+
+def nan_at_step(monkeypatch, step: int) -> None:
+    """Makes the batch of ``step`` (counted from 1, as the loop counts) NaN."""
+    original = train_lib.Trainer.train_batches
+
+    def batches(self, start_step):
+        for i, batch in enumerate(original(self, start_step), start_step + 1):
+            yield {**batch, "image": batch["image"] * np.nan} if i == step else batch
+
+    monkeypatch.setattr(train_lib.Trainer, "train_batches", batches)
+
+
+def test_a_nan_inside_a_call_is_named_and_nothing_after_it_is_saved(tmp_path, monkeypatch):
+    nan_at_step(monkeypatch, 6)
+    messages = {}
+    for k in (1, 4):
+        config = tiny_config(
+            "bp",
+            num_train_steps=12,
+            checkpoint_every_steps=4,
+            log_every_steps=100,
+            steps_per_dispatch=k,
+        )
+        with pytest.raises(errors.Diverged) as info:
+            train_lib.train_and_evaluate(config, str(tmp_path / str(k)))
+        messages[k] = str(info.value).replace(str(tmp_path / str(k)), "WORKDIR")
+        with checkpoints.make_manager(tmp_path / str(k)) as manager:
+            assert manager.all_steps() == [4]
+    # Step 6 runs inside the call of steps 5-8; the check before saving step 8 names it.
+    assert messages[4] == messages[1]
+    assert messages[4].startswith("train/loss is nan at step 6; last good checkpoint: step 4")
+
+
+def test_a_preemption_mid_chunk_saves_at_the_chunk_end_and_the_rerun_matches(tmp_path, monkeypatch):
+    # 16 steps an epoch (batch 16): chunks end at 8, 16 (the epoch's evaluation), 19 (the step
+    # before the last, logged one) and 20.
+    config = tiny_config(
+        "kp",
+        batch_size=16,
+        num_train_steps=20,
+        log_every_steps=100,
+        checkpoint_every_steps=100,
+        steps_per_dispatch=8,
+    )
+    train_lib.train_and_evaluate(config, str(tmp_path / "whole"))
+
+    original = train_lib.Trainer.train_batches
+
+    def signalling(self, start_step):
+        for i, batch in enumerate(original(self, start_step), start_step):
+            if i == 3:  # the batch of step 4, drawn before the first chunk (steps 1-8) ends
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    monkeypatch.setattr(train_lib.Trainer, "train_batches", signalling)
+    broken = tmp_path / "broken"
+    train_lib.train_and_evaluate(config, str(broken))
+    assert sorted(states(broken, config)) == [8]
+    monkeypatch.setattr(train_lib.Trainer, "train_batches", original)
+    train_lib.train_and_evaluate(config, str(broken))
+    a, b = states(tmp_path / "whole", config), states(broken, config)
+    for x, y in zip(jax.tree.leaves(a[20]), jax.tree.leaves(b[20]), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert logs.read_metrics(str(tmp_path / "whole")) == logs.read_metrics(str(broken))
+
+
+def test_automatic_steps_per_dispatch_follows_the_step_cost():
+    trainer = train_lib.Trainer(tiny_config("bp", steps_per_dispatch=0))
+    batch = next(trainer.train_batches(0))
+    assert trainer.steps_per_dispatch(batch) == train_lib.MAX_STEPS_PER_DISPATCH  # a tiny MLP
+    wide = train_lib.Trainer(tiny_config("bp", **{"model_kwargs.widths": (4096, 4096)}))
+    # About 6 * 32 * (784 * 4096 + 4096 * 4096) = 3.8 GFLOP a step: over half DISPATCH_FLOPS.
+    assert wide.steps_per_dispatch(batch) == 1
+    assert train_lib.Trainer(tiny_config("bp", steps_per_dispatch=3)).steps_per_dispatch(batch) == 3
+
+
+def test_prefetch_puts_one_item_ahead_of_the_consumer_and_keeps_the_order():
+    events = []
+
+    def put(item):
+        events.append(f"put {item}")
+        return item * 10
+
+    got = []
+    for value in sharding.prefetch(iter(range(4)), put, depth=2):
+        events.append(f"take {value // 10}")
+        got.append(value)
+    assert got == [0, 10, 20, 30]
+    # Item i + 1 is put before item i is taken; never more than one put item waits unused.
+    assert events == [
+        "put 0", "put 1", "take 0", "put 2", "take 1", "put 3", "take 2", "take 3"
+    ]  # fmt: skip
+
+
+def test_put_chunk_shards_the_batch_axis_not_the_step_axis():
+    trainer = train_lib.Trainer(tiny_config("bp", num_devices=2))
+    batches = trainer.train_batches(0)
+    host = [next(batches) for _ in range(3)]
+    chunk = sharding.put_chunk({k: np.stack([b[k] for b in host]) for k in host[0]}, trainer.mesh)
+    image = chunk["image"]
+    assert image.shape == (3, *host[0]["image"].shape)
+    assert image.sharding.spec == jax.sharding.PartitionSpec(None, sharding.DATA)
+    shards = sorted(image.addressable_shards, key=lambda s: s.index[1].start)
+    half = host[0]["image"].shape[0] // 2
+    for i, shard in enumerate(shards):
+        assert shard.data.shape == (3, half, *host[0]["image"].shape[1:])
+        expected = np.stack([b["image"][i * half : (i + 1) * half] for b in host])
+        np.testing.assert_array_equal(np.asarray(shard.data), expected)
+
+
+@pytest.mark.parametrize("dataset, augment", [("mnist", False), ("cifar10", True)])
+def test_a_chunk_of_batches_is_the_batches_stacked(dataset, augment):
+    config = tiny_config("bp", dataset=dataset, augment=augment, batch_size=16)
+    trainer = train_lib.Trainer(config)
+    for process in range(2):  # this process's half of every global batch
+        one = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
+        many = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
+        next(one), next(many)
+        singles = [next(one) for _ in range(20)]  # across the epoch's end (16 steps)
+        chunks = [many.take(n) for n in (8, 4, 1, 7)]
+        for key in ("image", "label"):
+            expected = np.stack([b[key] for b in singles])
+            got = np.concatenate([c[key] for c in chunks])
+            assert got.dtype == expected.dtype
+            np.testing.assert_array_equal(got, expected)
