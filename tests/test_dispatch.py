@@ -5,6 +5,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -233,3 +234,19 @@ def test_a_chunk_of_batches_is_the_batches_stacked(dataset, augment):
             got = np.concatenate([c[key] for c in chunks])
             assert got.dtype == expected.dtype
             np.testing.assert_array_equal(got, expected)
+
+
+def test_the_nan_watch_sees_a_diverged_alignment_loss_under_a_finite_task_loss():
+    """B can go NaN under its alignment loss while the task loss stays finite (seen on ResNet-8
+    under ia and wm_reg); the scanned step's watch must stop such a run too."""
+
+    def train_step(state, batch):
+        state = {**state, "step": state["step"] + 1}
+        aligning = jnp.where(state["step"] >= 3, jnp.nan, 1.0)
+        return state, {"train/loss": jnp.float32(2.3), "train/alignment_loss": aligning}
+
+    multi_step = jax.jit(train_lib.make_multi_step(train_step))
+    watch = {"finite": True, "step": 0, "loss": 0.0}
+    state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0)}
+    state, watch, _ = multi_step(state, watch, jnp.zeros((5, 1)))
+    assert not bool(watch["finite"]) and int(watch["step"]) == 3

@@ -327,7 +327,11 @@ def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1):
         state, measurements = train_step(state, batch)
         if mirror_step is not None:
             state = mirror(state, rng)
-        watch = _watch_loss(watch, state["step"], measurements["train/loss"])
+        watched = measurements["train/loss"]
+        if "train/alignment_loss" in measurements:
+            # B can diverge under its alignment loss while the task loss stays finite.
+            watched = watched + measurements["train/alignment_loss"]
+        watch = _watch_loss(watch, state["step"], watched)
         return (state, watch), measurements
 
     def multi_step(state: State, watch: dict, chunk):
@@ -553,9 +557,9 @@ def _watch_loss(watch: dict, step, loss) -> dict:
     }
 
 
-def _check_finite(watch: dict, manager) -> None:
+def _check_finite(watch: dict, manager, watched: str = "train/loss") -> None:
     """Raises errors.Diverged once a loss was NaN or infinite; saves call it first, so no
-    checkpoint ever holds a state that saw one."""
+    checkpoint ever holds a state that saw one. ``watched`` names the loss in the message."""
     watch = jax.device_get(watch)
     if watch["finite"]:
         return
@@ -567,7 +571,7 @@ def _check_finite(watch: dict, manager) -> None:
         else "no checkpoint was saved"
     )
     raise errors.Diverged(
-        f"train/loss is {float(watch['loss'])} at step {int(watch['step'])}; {good}"
+        f"{watched} is {float(watch['loss'])} at step {int(watch['step'])}; {good}"
     )
 
 
@@ -760,24 +764,27 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
+    watched = "train/loss"
+    if uses_feedback(config, rules.LOSS):
+        watched = "train/loss + train/alignment_loss"  # what make_multi_step watches
     for calls, (step, state, watch, measurements, alignment) in enumerate(chunks):
         if lock is not None and lock.lost:
             raise errors.RunError(f"another run took over {manager.directory}; stopped")
         epoch = step / per_epoch
         if alignment is not None:  # a log step
-            _check_finite(watch, manager)
+            _check_finite(watch, manager, watched)
             values = {**_host(measurements), **_host(alignment)}
             values["train/learning_rate"] = float(trainer.schedule(step - 1))
             writer.write(step, epoch, values)
             progress.report(step, epoch, values["train/loss"])
         if step % per_epoch == 0 or step % config.eval_every_steps == 0 or step == total:
-            _check_finite(watch, manager)
+            _check_finite(watch, manager, watched)
             last_test = trainer.evaluate(state)
             writer.write(step, epoch, last_test)
             logs_lib.say(f"step {step}  epoch {epoch:.2f}  " + json.dumps(last_test))
         preempted = preemption.reached(calls)
         if step % config.checkpoint_every_steps == 0 or step == total or preempted:
-            _check_finite(watch, manager)
+            _check_finite(watch, manager, watched)
             checkpoints.save(manager, state, force=preempted)
         if preempted:
             logs_lib.say(f"Preempted: saved a checkpoint at step {step}; rerun to resume.")
