@@ -2,6 +2,7 @@
 
 import logging
 import sys
+import threading
 import time
 import traceback
 
@@ -44,10 +45,12 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
             f"no checkpoint at step {step} in {manager.directory}; "
             f"have {sorted(manager.all_steps())}"
         )
+    # Installed before the read: a failed read's siblings can finish (and complain) on
+    # TensorStore's threads before the failure reaches this frame.
+    _drop_abandoned_reads()
     try:
         return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
     except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
-        _drop_abandoned_reads()
         raise errors.RunError(
             f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
         ) from e
@@ -55,26 +58,46 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
 
 def _drop_abandoned_reads() -> None:
     """A failed restore leaves orbax's reads of the other arrays behind as coroutines and
-    TensorStore callbacks; when they are collected (as late as the interpreter's exit) each
-    prints a traceback (GeneratorExit, "Event loop is closed") for the failure already reported
-    in one line. From now on those, and only those, are not printed."""
-    previous = sys.unraisablehook
-    if getattr(previous, "wtfree_quiet", False):
+    TensorStore callbacks. When they finish or are collected (on TensorStore's threads, as late
+    as the interpreter's exit) each prints a traceback (GeneratorExit, or "Event loop is closed"
+    from ``call_soon_threadsafe`` on orbax's closed loop) for the failure already reported in one
+    line. From now on those, and only those, are not printed: through ``sys.unraisablehook``,
+    ``sys.excepthook`` and ``threading.excepthook``, whichever the callback's thread reports to.
+    Idempotent."""
+    if getattr(sys.unraisablehook, "wtfree_quiet", False):
         return
+    previous_unraisable = sys.unraisablehook
+    previous_except = sys.excepthook
+    previous_thread = threading.excepthook
 
-    def hook(unraisable) -> None:
+    def unraisable_hook(unraisable) -> None:
         code = getattr(unraisable.object, "cr_code", None)  # an abandoned coroutine's
-        if getattr(code, "co_name", "").startswith("_read_array") or "Event loop is closed" in str(
+        if getattr(code, "co_name", "").startswith("_read_array") or _is_closed_loop(
             unraisable.exc_value
         ):
             return
-        previous(unraisable)
+        previous_unraisable(unraisable)
 
-    hook.wtfree_quiet = True
-    sys.unraisablehook = hook
+    def except_hook(exc_type, exc_value, tb) -> None:
+        if not _is_closed_loop(exc_value):
+            previous_except(exc_type, exc_value, tb)
+
+    def thread_hook(args) -> None:
+        if not _is_closed_loop(args.exc_value):
+            previous_thread(args)
+
+    unraisable_hook.wtfree_quiet = True
+    sys.unraisablehook = unraisable_hook
+    sys.excepthook = except_hook
+    threading.excepthook = thread_hook
     # A future among those reads that failed too is reported by asyncio's logger instead
     # ("Future exception was never retrieved"), when it is collected: drop that as well.
     logging.getLogger("asyncio").addFilter(_is_not_an_abandoned_read)
+
+
+def _is_closed_loop(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is asyncio's complaint that a callback came after its loop closed."""
+    return isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc)
 
 
 def _is_not_an_abandoned_read(record: logging.LogRecord) -> bool:
