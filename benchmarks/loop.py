@@ -59,19 +59,20 @@ def bp_config(steps_per_dispatch: int, **overrides):
 
 
 class LoopRun:
-    """Consumes ``train_lib.train_chunks`` an epoch's worth at a time; returns the seconds."""
+    """Consumes ``train_lib.train_chunks`` ``steps`` steps at a time (to the next chunk end);
+    returns the seconds, scaled to exactly ``steps``. ``batches``: default the trainer's own."""
 
-    def __init__(self, trainer: train_lib.Trainer):
-        batches = trainer.train_batches(0)
+    def __init__(self, trainer: train_lib.Trainer, batches=None, state=None, steps=STEPS_PER_EPOCH):
+        batches = trainer.train_batches(0) if batches is None else batches
         first = next(batches)
         self.k = trainer.steps_per_dispatch(first)
-        self.chunks = train_lib.train_chunks(
-            trainer, trainer.fresh_state(), batches, 0, 10**9, self.k, first
-        )
-        self.step, self.state = 0, None
+        state = trainer.fresh_state() if state is None else state
+        self.chunks = train_lib.train_chunks(trainer, state, batches, 0, 10**9, self.k, first)
+        self.step, self.state, self.steps = 0, None, steps
         self.cpu: list[float] = []
 
-    def __call__(self, steps: int = STEPS_PER_EPOCH) -> float:
+    def __call__(self) -> float:
+        steps = self.steps
         jax.block_until_ready(self.state)
         start_step, start, cpu = self.step, time.perf_counter(), time.process_time()
         for step, state, *_ in self.chunks:
@@ -79,7 +80,7 @@ class LoopRun:
             if step - start_step >= steps:
                 break
         jax.block_until_ready(self.state)
-        scale = STEPS_PER_EPOCH / (self.step - start_step)
+        scale = steps / (self.step - start_step)
         self.cpu.append((time.process_time() - cpu) * scale)
         return (time.perf_counter() - start) * scale
 
