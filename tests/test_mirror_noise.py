@@ -163,3 +163,20 @@ def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
     assert workdir.check_config(tiny_config("wm"), tmp_path) == {}
     with pytest.raises(errors.RunError, match=r"mirror.noise \(None -> 'rademacher'\)"):
         workdir.check_config(tiny_config("wm", **{"mirror.noise": "rademacher"}), tmp_path)
+
+
+def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):
+    """Its config.json has no alignment.* (it ran bp or kp, which never read them); a key
+    outside the added ones, or a changed recorded one, is still refused."""
+    old = workdir.as_json(tiny_config("kp"))
+    del old["alignment"]
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    assert workdir.check_config(tiny_config("kp"), tmp_path) == {}
+    scaled = tiny_config("kp", **{"alignment.learning_rate_scale": 10.0})
+    assert workdir.check_config(scaled, tmp_path) == {}
+    with pytest.raises(errors.RunError, match=r"holds another experiment: changed seed"):
+        workdir.check_config(tiny_config("kp", seed=1), tmp_path)
+    old["alignment"] = {"positions": "sum"}
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    with pytest.raises(errors.RunError, match=r"alignment.positions \('sum' -> 'mean'\)"):
+        workdir.check_config(tiny_config("kp", **{"alignment.positions": "mean"}), tmp_path)

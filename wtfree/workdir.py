@@ -38,7 +38,11 @@ MAY_CHANGE = frozenset(
 )
 # Keys added to the configs after runs were recorded, with the value that reproduces those runs:
 # a config.json without one reads as holding that value, so the older workdirs still resume.
-ADDED_KEYS = {"mirror.noise": "normal"}
+# ANY: every value does; a key ending in ".*" stands for its whole subtree. ``alignment.*``
+# came with the alignment rules (issue 9): a run recorded before them used another rule, which
+# never reads them.
+ANY = object()
+ADDED_KEYS = {"mirror.noise": "normal", "alignment.*": ANY}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
@@ -64,6 +68,14 @@ def changed_keys(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
 
 
+def _added_as(key: str, value: Any) -> bool:
+    """Whether ``key`` at ``value`` reproduces a run recorded before ``key`` existed."""
+    for added, then in ADDED_KEYS.items():
+        if added == key or (added.endswith(".*") and key.startswith(added[:-1])):
+            return then is ANY or then == value
+    return False
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     """The changes to ``workdir``'s config.json, all of them in ``MAY_CHANGE``.
 
@@ -79,8 +91,8 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict
         raise errors.RunError(f"{path} is not JSON ({e}); is {workdir} a wtfree workdir?") from e
     changes = changed_keys(old, as_json(config))
     recorded = _flat(old)
-    for key, value in ADDED_KEYS.items():
-        if key in changes and key not in recorded and changes[key][1] == value:
+    for key in [k for k in changes if k not in recorded]:
+        if _added_as(key, changes[key][1]):
             del changes[key]
     refused = sorted(k for k in changes if k not in MAY_CHANGE)
     if refused:
