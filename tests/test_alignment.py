@@ -523,3 +523,21 @@ def test_alignment_learning_rate_scale_multiplies_the_task_schedule():
         expected = target + factor * (b0 - target)
         np.testing.assert_allclose(trajectory[t], expected, rtol=1e-5, atol=1e-6)
     assert 0 < factor < 0.05  # the budget: 1 - this is how much of B0 - B* is gone
+
+
+def test_feedback_at_weights_starts_sa_at_its_minimum():
+    # SA's gradient on B is 2 alpha B - beta W, zero at B = W with the default beta = 2 alpha:
+    # from train_lib.feedback_at_weights a step moves W (by the task) and leaves B where it is.
+    batch, lr = _batch(), 0.1
+    model = _mlp("sa")
+    tx = _tx(model, batch, lr, weight_decay=0.1, momentum=0.9)
+    state = train_lib.feedback_at_weights(_state(model, tx, batch))
+    b, w = _flat(state["feedback"]), _flat(state["params"])
+    assert b.keys() < w.keys() and all(np.array_equal(b[k], w[k]) for k in b)
+    new, _ = train_lib.make_train_step(model, tx, "softmax_xent", _alignment_config())(state, batch)
+    for k, v in _flat(new["feedback"]).items():
+        np.testing.assert_allclose(v, b[k], atol=1e-7)
+        assert not np.allclose(_flat(new["params"])[k], w[k])
+    with pytest.raises(ValueError, match="feedback without a weight of the same path: direct_0"):
+        direct = mlp.Model(num_classes=3, widths=(6,), rule="dfa", activation="tanh")
+        train_lib.feedback_at_weights(_state(direct, _tx(direct, batch, lr), batch))

@@ -559,6 +559,20 @@ def restore_or_init(trainer: Trainer, manager) -> State:
     return state
 
 
+def feedback_at_weights(state: State) -> State:
+    """``state`` with every B replaced by its W: a diagnostic (experiments/feedback_at_weights.py)
+    that starts a rule whose B learns toward W where it would end. Weight transport, once."""
+    params = traverse_util.flatten_dict(state["params"])
+    feedback = traverse_util.flatten_dict(state["feedback"])
+    missing = sorted("/".join(k) for k in feedback if k not in params)
+    if missing:
+        raise ValueError(f"feedback without a weight of the same path: {', '.join(missing)}")
+    copied = {k: params[k] for k in feedback}
+    if any(params[k].shape != b.shape for k, b in feedback.items()):
+        raise ValueError("a B whose shape is not its W's (dfa's direct feedback has no W)")
+    return {**state, "feedback": traverse_util.unflatten_dict(copied)}
+
+
 def _host(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
