@@ -63,7 +63,7 @@ class LoopRun:
     returns the seconds, scaled to exactly ``steps``. ``batches``: default the trainer's own."""
 
     def __init__(self, trainer: train_lib.Trainer, batches=None, state=None, steps=STEPS_PER_EPOCH):
-        batches = trainer.train_batches(0) if batches is None else batches
+        batches = trainer.train_batches(0, raw=True) if batches is None else batches
         first = next(batches)
         self.k = trainer.steps_per_dispatch(first)
         state = trainer.fresh_state() if state is None else state

@@ -7,6 +7,7 @@ import itertools
 import pickle
 import zipfile
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -269,3 +270,25 @@ def test_imagenet_train_and_eval_batches():
     assert [b["image"].shape for b in batches] == [(4, 224, 224, 3)] * 2
     assert [b["mask"].sum() for b in batches] == [4, 2]
     assert np.all(batches[1]["image"][2:] == 0)
+
+
+@pytest.mark.parametrize("name, augment", [("mnist", False), ("cifar10", True)])
+def test_raw_batches_normalized_on_the_device_are_the_host_batches(name, augment):
+    # The train loop takes uint8 batches (raw=True) and normalizes them inside the jitted step
+    # (Dataset.normalize): the same examples, crops and flips, and the same floats to rounding.
+    ds = indexed_dataset(name, num_train=64)
+    assert ds.raw_batches
+    host = ds.train_batches(16, seed=3, start_step=2, augment=augment)
+    raw = ds.train_batches(16, seed=3, start_step=2, augment=augment, raw=True)
+    chunk = raw.take(3)
+    assert chunk["image"].dtype == np.uint8
+    normalize = jax.jit(ds.normalize)
+    for i in range(3):
+        batch = next(host)
+        np.testing.assert_array_equal(chunk["label"][i], batch["label"])
+        got = np.asarray(normalize(chunk["image"][i]))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, batch["image"], rtol=1e-6, atol=1e-6)
+    one, batch = next(raw), next(host)  # next() goes on with take()'s stream
+    assert one["image"].dtype == np.uint8
+    np.testing.assert_allclose(normalize(one["image"]), batch["image"], rtol=1e-6, atol=1e-6)

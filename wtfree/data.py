@@ -200,6 +200,23 @@ class Dataset:
     def prepare(self) -> None:
         """Writes what the dataset needs on disk, once (the offline MNIST copy); else nothing."""
 
+    # Whether ``train_batches(..., raw=True)`` gives uint8 images for ``normalize`` to turn,
+    # on the device, into what ``raw=False`` gives.
+    raw_batches = False
+
+    def normalize(self, images):
+        """uint8 images [..., H, W, C] (a jax or numpy array) -> the float32 images of
+        ``train_batches``, in jax.numpy: ``x * scale - offset`` as ``_normalize`` computes it
+        on the host (equal to rounding; ``tests/test_data.py``)."""
+        import jax.numpy as jnp
+
+        x = jnp.asarray(images).astype(jnp.float32)
+        if self._spec.mean is None:
+            return x * jnp.float32(1 / 255)
+        scale, offset = _scale_offset(self._spec, self.image_shape)
+        shape = self.image_shape
+        return x * scale.reshape(shape) - offset.reshape(shape)
+
     def steps_per_epoch(self, global_batch_size: int) -> int:
         """Full global batches per epoch; the remainder of each epoch is dropped."""
         return self.num_examples("train") // global_batch_size
@@ -252,6 +269,8 @@ class Dataset:
 class ArrayDataset(Dataset):
     """A dataset held in memory as uint8 images and int32 labels."""
 
+    raw_batches = True
+
     def __init__(
         self,
         name: str,
@@ -287,23 +306,19 @@ class ArrayDataset(Dataset):
         process_index: int = 0,
         process_count: int = 1,
         augment: bool = False,
+        raw: bool = False,
     ) -> Iterator[Batch]:
+        """As ``Dataset.train_batches``; ``raw``: uint8 images, for ``normalize`` on the device
+        (a quarter of the bytes to put, and no host pass over them)."""
         local = _local_batch_size(global_batch_size, process_index, process_count)
         if augment and not self.name.startswith("cifar"):
             raise ValueError(f"augment=True is only implemented for cifar, not {self.name}")
         images, labels = self.arrays("train")
         if global_batch_size > len(labels):
             raise ValueError(f"global_batch_size={global_batch_size} > {len(labels)} examples")
-        return self._train_iterator(
-            images, labels, global_batch_size, seed, start_step, process_index, local, augment
-        )
-
-    def _train_iterator(
-        self, images, labels, global_batch_size, seed, step, process_index, local, augment
-    ) -> _ArrayTrainIterator:
         return _ArrayTrainIterator(
-            self, images, labels, global_batch_size, seed, step, process_index, local, augment
-        )
+            self, images, labels, global_batch_size, seed, start_step, process_index, local, augment
+        )._raw(raw)
 
     def eval_batches(
         self,
@@ -334,6 +349,11 @@ class _ArrayTrainIterator:
         self._dataset, self._images, self._labels = dataset, images, labels
         self._global, self._seed, self._step = global_batch_size, seed, step
         self._process, self._local, self._augment = process_index, local, augment
+        self._normalized = True
+
+    def _raw(self, raw: bool) -> _ArrayTrainIterator:
+        self._normalized = not raw
+        return self
 
     def __iter__(self) -> _ArrayTrainIterator:
         return self
@@ -342,7 +362,8 @@ class _ArrayTrainIterator:
         return {key: value[0] for key, value in self.take(1).items()}
 
     def take(self, n: int) -> Batch:
-        """The next ``n`` batches as {"image": float32 [n, B, H, W, C], "label": int32 [n, B]}."""
+        """The next ``n`` batches as {"image": float32 [n, B, H, W, C], "label": int32 [n, B]}
+        (uint8 images where ``raw``)."""
         steps = range(self._step, self._step + n)
         self._step += n
         idx = np.concatenate(
@@ -362,7 +383,7 @@ class _ArrayTrainIterator:
                 part = x[i * self._local : (i + 1) * self._local]
                 parts.append(_random_crop_flip(part, offsets[own], flips[own], pad=4))
             x = np.concatenate(parts)
-        image = _normalize(x, self._dataset._spec)
+        image = _normalize(x, self._dataset._spec) if self._normalized else x
         return {
             "image": image.reshape(n, self._local, *image.shape[1:]),
             "label": np.take(self._labels, idx).reshape(n, self._local),

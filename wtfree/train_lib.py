@@ -203,6 +203,18 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
     return train_step
 
 
+def _normalizing(ds: data.Dataset, step):
+    """``step(state, batch, ...)`` that first normalizes a batch of uint8 images on the device
+    (``ds.normalize``); float images (other datasets, eval batches) pass as they are."""
+
+    def normalizing(state, batch, *args):
+        if batch["image"].dtype == jnp.uint8:
+            batch = {**batch, "image": ds.normalize(batch["image"])}
+        return step(state, batch, *args)
+
+    return normalizing
+
+
 def make_measure_step(model, loss_name: str):
     """``measure(state, batch) -> measurements``: per layer the angle of B to W, ||B||/||W||,
     and the angle between the error the rule sends to each layer and backprop's (same batch)."""
@@ -433,11 +445,16 @@ class Trainer:
             self.abstract_state,
         )
         top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
-        train_step = make_train_step(
-            self.model,
-            self.tx,
-            config.loss,
-            alignment=config.alignment if uses_feedback(config, rules.LOSS) else None,
+        # uint8 train batches where the dataset can give them, normalized inside the steps.
+        self.raw_batches = self.ds.raw_batches
+        train_step = _normalizing(
+            self.ds,
+            make_train_step(
+                self.model,
+                self.tx,
+                config.loss,
+                alignment=config.alignment if uses_feedback(config, rules.LOSS) else None,
+            ),
         )
         step_shardings = dict(
             in_shardings=(replicated, batch),
@@ -445,7 +462,9 @@ class Trainer:
             donate_argnums=0,
         )
         self.train_step = jax.jit(train_step, **step_shardings)
-        self.measure_step = jax.jit(make_measure_step(self.model, config.loss))
+        self.measure_step = jax.jit(
+            _normalizing(self.ds, make_measure_step(self.model, config.loss))
+        )
         self.eval_step = jax.jit(make_eval_step(self.model, config.loss, top_k))
         self.uses_mirror = uses_feedback(config, rules.MIRROR)
         if self.uses_mirror:
@@ -487,7 +506,11 @@ class Trainer:
     def fresh_state(self) -> State:
         return self.init_state(self.rng)
 
-    def train_batches(self, start_step: int):
+    def train_batches(self, start_step: int, raw: bool = False):
+        """This process's train batches from ``start_step`` on. ``raw``: as the train loop
+        takes them, uint8 images where the dataset has them (``raw_batches``), which the steps
+        normalize on the device; float32 images otherwise (the steps take both)."""
+        raw = {"raw": True} if raw and self.raw_batches else {}
         return self.ds.train_batches(
             global_batch_size=self.config.batch_size,
             seed=self.config.seed,
@@ -495,6 +518,7 @@ class Trainer:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
             augment=self.config.get("augment", False),
+            **raw,
         )
 
     def steps_per_dispatch(self, batch: dict[str, np.ndarray]) -> int:
@@ -783,7 +807,7 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
     if step >= total:
         return {}
-    batches = trainer.train_batches(step)
+    batches = trainer.train_batches(step, raw=True)
     # One iterator (its first batch drawn here), so a pipeline with worker processes starts once.
     first = next(batches)
     if step == 0:
