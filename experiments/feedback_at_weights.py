@@ -14,6 +14,7 @@ gap that closes was made while B was still aligning. B = W is weight transport, 
 start: use it to find where a rule loses accuracy, never as a result of the rule.
 """
 
+import os
 import sys
 
 import jax
@@ -21,6 +22,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from wtfree import checkpoints, train_lib
+
+# Configs import their siblings as `configs.common`: the repository root must be importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Where the checkpoint goes (a workdir).", required=True)
