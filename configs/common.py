@@ -113,6 +113,7 @@ def set_alignment(
     input_std: float = 1.0,
     learning_rate_scale: float = 1.0,
     positions: str = "sum",
+    momentum: float = -1.0,
 ) -> None:
     r"""Alignment-loss settings (rules sa, aa, ia, wm_reg; Kunin et al. 2020).
 
@@ -132,12 +133,17 @@ def set_alignment(
     ``positions``: ``sum`` (the authors' convention: the primitives that read x sum over a
     conv's output positions, so on a conv of P positions they weigh P times what they weigh
     on a dense layer) or ``mean`` (divided by P, as the mirror mode's Hebbian product).
+
+    ``momentum``: B's heavy-ball momentum; negative (the default, the authors'): W's, the
+    optimizer's. Momentum caps how fast B can follow its minimum (``optim.make_optimizer``);
+    with 0, s can put B on it in one step (SA: :math:`2\alpha s\eta = 1`).
     """
     a = config.alignment
     a.input = input
     a.input_std = input_std
     a.learning_rate_scale = learning_rate_scale
     a.positions = positions
+    a.momentum = momentum
     a.coefficients = ml_collections.ConfigDict(
         {name: dict(rule.defaults) for name, rule in alignment.ALIGNMENTS.items()}
     )

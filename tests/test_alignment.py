@@ -525,6 +525,33 @@ def test_alignment_learning_rate_scale_multiplies_the_task_schedule():
     assert 0 < factor < 0.05  # the budget: 1 - this is how much of B0 - B* is gone
 
 
+def test_alignment_momentum_zero_gives_b_plain_sgd_under_w_heavy_ball():
+    # optimizer.momentum 0.9 for W; alignment.momentum 0 gives B plain SGD, so SA's
+    # e_{t+1} = (1 - 2 alpha s eta) e_t, and with 2 alpha s eta = 1 B is on B* after one step.
+    # alignment.momentum < 0 (the default) gives B W's momentum: the heavy-ball closed form.
+    config = common.base_config(
+        rule="sa", dataset="mnist", model="mlp", batch_size=8, num_epochs=1, learning_rate=0.1
+    )
+    config.optimizer.momentum = 0.9
+    alpha, beta, eta = 0.5, 0.3, 0.1
+    s = 1 / (2 * alpha * eta)
+    common.set_alignment(config, learning_rate_scale=s, momentum=0.0)
+    config_lib.validate(config)
+    rng = np.random.default_rng(5)
+    w, b0 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
+    tx, _ = train_lib.make_optimizer(config, 5, 5, FLAGS)
+    target = beta / (2 * alpha) * w
+    for b in _sa_descent(tx, w, b0, alpha, beta, 3):
+        np.testing.assert_allclose(b, target, rtol=1e-5, atol=1e-6)
+    config.alignment.momentum = -1.0  # W's: e_2 = (1 + mu - a) e_1 - mu e_0 with a = 1
+    tx, _ = train_lib.make_optimizer(config, 5, 5, FLAGS)
+    second = _sa_descent(tx, w, b0, alpha, beta, 2)[1]
+    np.testing.assert_allclose(second, target - 0.9 * (b0 - target), rtol=1e-5, atol=1e-5)
+    config.alignment.momentum = 1.0
+    with pytest.raises(ValueError, match=r"alignment.momentum=1.0; allowed: a number < 1"):
+        config_lib.validate(config)
+
+
 def test_feedback_at_weights_starts_sa_at_its_minimum():
     # SA's gradient on B is 2 alpha B - beta W, zero at B = W with the default beta = 2 alpha:
     # from train_lib.feedback_at_weights a step moves W (by the task) and leaves B where it is.

@@ -180,3 +180,13 @@ def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):
     (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
     with pytest.raises(errors.RunError, match=r"alignment.positions \('sum' -> 'mean'\)"):
         workdir.check_config(tiny_config("kp", **{"alignment.positions": "mean"}), tmp_path)
+
+
+def test_an_alignment_run_recorded_before_alignment_momentum_resumes_with_ws_momentum(tmp_path):
+    """Without alignment.momentum, B had W's momentum: -1 resumes it, 0 is another experiment."""
+    old = workdir.as_json(tiny_config("sa"))
+    del old["alignment"]["momentum"]
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    assert workdir.check_config(tiny_config("sa"), tmp_path) == {}
+    with pytest.raises(errors.RunError, match=r"alignment.momentum \(None -> 0.0\)"):
+        workdir.check_config(tiny_config("sa", **{"alignment.momentum": 0.0}), tmp_path)

@@ -82,6 +82,7 @@ RANGES = (
     ),
     ("alignment.learning_rate_scale", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("alignment.positions", lambda v: v in ("sum", "mean"), "sum, mean"),
+    ("alignment.momentum", lambda v: _number(v) and v < 1, "a number < 1 (< 0: W's momentum)"),
 )
 
 _MISSING = object()

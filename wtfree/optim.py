@@ -62,6 +62,7 @@ def make_optimizer(
     nesterov: bool = False,
     weight_decay: float = 0.0,
     alignment_scale: float = 1.0,
+    alignment_momentum: float | None = None,
 ) -> optax.GradientTransformation:
     r"""SGD with weight decay for W, the same for trained B, nothing for fixed B.
 
@@ -96,6 +97,12 @@ def make_optimizer(
       nesterov: Nesterov momentum.
       weight_decay: :math:`\lambda`.
       alignment_scale: s, the alignment-loss B's step size over W's; 1 moves them alike.
+      alignment_momentum: the alignment-loss B's momentum; None: :math:`\mu`, W's. Heavy ball
+        caps how fast B can follow its minimum: a quadratic of curvature h relaxes at best by
+        :math:`1-\sqrt{\mu}` a step (critical damping, :math:`s\eta h = (1-\sqrt\mu)^2`), so
+        at :math:`\mu = 0.9` B lags a moving minimum by 20 steps or more; without momentum
+        :math:`s\eta h = 1` puts B on it in one step (the authors' code has an
+        ``alignment_optimizer`` of its own for B).
 
     Returns:
       An optax transform for ``{"params": ..., "feedback": ...}``.
@@ -114,7 +121,8 @@ def make_optimizer(
 
     # A constant rate stays a number, so the optimizer state keeps its structure.
     align_rate = align_schedule if callable(learning_rate) else alignment_scale * learning_rate
-    align = optax.sgd(align_rate, momentum=momentum or None, nesterov=nesterov)
+    align_momentum = momentum if alignment_momentum is None else alignment_momentum
+    align = optax.sgd(align_rate, momentum=align_momentum or None, nesterov=nesterov)
 
     flags = traverse_util.flatten_dict(dict(trained_feedback or {}))
 

@@ -79,8 +79,15 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int, trained_feedb
         nesterov=opt.nesterov,
         weight_decay=opt.weight_decay,
         alignment_scale=config.get("alignment", {}).get("learning_rate_scale", 1.0),
+        alignment_momentum=_alignment_momentum(config),
     )
     return tx, schedule
+
+
+def _alignment_momentum(config) -> float | None:
+    """``config.alignment.momentum``; None (W's) where it is absent or negative."""
+    momentum = config.get("alignment", {}).get("momentum", -1.0)
+    return None if momentum < 0 else momentum
 
 
 def init_variables(model, rng, input_shape) -> tuple[dict, dict]:

@@ -38,11 +38,12 @@ MAY_CHANGE = frozenset(
 )
 # Keys added to the configs after runs were recorded, with the value that reproduces those runs:
 # a config.json without one reads as holding that value, so the older workdirs still resume.
-# ANY: every value does; a key ending in ".*" stands for its whole subtree. ``alignment.*``
-# came with the alignment rules (issue 9): a run recorded before them used another rule, which
-# never reads them.
+# ANY: every value does; a key ending in ".*" stands for its whole subtree; the first entry
+# that names a key decides. ``alignment.*`` came with the alignment rules (issue 9): a run
+# recorded before them used another rule, which never reads them; ``alignment.momentum`` came
+# later, and -1 (W's momentum) is what the alignment runs recorded before it used.
 ANY = object()
-ADDED_KEYS = {"mirror.noise": "normal", "alignment.*": ANY}
+ADDED_KEYS = {"mirror.noise": "normal", "alignment.momentum": -1.0, "alignment.*": ANY}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
