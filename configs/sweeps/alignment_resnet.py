@@ -20,6 +20,12 @@ configs/fashion_mnist_resnet.py (bp's recipe: SGD momentum 0.9 at 0.1 with cosin
 - ``<rule>_alpha_x<f>_s10_mean`` for ia and wm_reg: alpha at 1/sqrt(10) and sqrt(10) times its
   default (a 10x range), as ``<rule>_s10_mean`` otherwise: their stability across coefficients.
 
+- ``sa_s10_mean_seed<n>`` and ``aa_default_seed<n>`` (n = 1, 2): seeds 1 and 2 of the two
+  candidates for the targets (seed 0 is the run without the suffix).
+- ``sa_s5000_m0`` (and ``_seed<n>``): SA with B's own momentum 0 (``alignment.momentum``) and
+  s = 5000, so that :math:`2\alpha s\eta = 1` at the peak rate: plain SGD puts B on its
+  minimum (W) every step, where heavy ball at s = 10 leaves it ~40 steps behind.
+
 README ("Alignment rules", ResNet-8) has the measured accuracies and angles; each run takes 3-5
 minutes with a 2-core machine to itself.
 """
@@ -46,6 +52,12 @@ def get_sweep() -> list[dict]:
     fast = {"alignment.learning_rate_scale": SCALE, "alignment.positions": "mean"}
     runs = [_run(rule, f"{rule}_default") for rule in RULES]
     runs += [_run(rule, f"{rule}_s{SCALE:g}_mean", **fast) for rule in RULES]
+    for seed in (1, 2):
+        runs.append(_run("sa", f"sa_s{SCALE:g}_mean_seed{seed}", **fast, seed=seed))
+        runs.append(_run("aa", f"aa_default_seed{seed}", seed=seed))
+    no_momentum = {"alignment.learning_rate_scale": 5000.0, "alignment.momentum": 0.0}
+    runs.append(_run("sa", "sa_s5000_m0", **no_momentum))
+    runs += [_run("sa", f"sa_s5000_m0_seed{seed}", **no_momentum, seed=seed) for seed in (1, 2)]
     for rule in ("ia", "wm_reg"):
         alpha = alignment.ALIGNMENTS[rule].defaults["alpha"]
         for factor in FACTORS:
