@@ -215,8 +215,9 @@ def test_automatic_steps_per_dispatch_follows_the_step_cost():
     batch = next(trainer.train_batches(0))
     assert trainer.steps_per_dispatch(batch) == train_lib.MAX_STEPS_PER_DISPATCH  # a tiny MLP
     wide = train_lib.Trainer(tiny_config("bp", **{"model_kwargs.widths": (4096, 4096)}))
-    # About 6 * 32 * (784 * 4096 + 4096 * 4096) = 3.8 GFLOP a step: over half DISPATCH_FLOPS.
-    assert wide.steps_per_dispatch(batch) == 1
+    # About 6 * 32 * (784 * 4096 + 4096 * 4096) = 3.8 GFLOP a step: DISPATCH_FLOPS (16e9) / 3.8e9
+    # = 4.2, and the power of two below it is 4.
+    assert wide.steps_per_dispatch(batch) == 4
     assert train_lib.Trainer(tiny_config("bp", steps_per_dispatch=3)).steps_per_dispatch(batch) == 3
 
 
@@ -312,4 +313,7 @@ def test_conv_nets_unroll_their_chunks_on_cpu_and_mlps_scan():
     mlp = train_lib.Trainer(tiny_config("bp"))
     assert not train_lib.conv_loop_is_slow(mlp.abstract_state)
     resnet = train_lib.Trainer(tiny_config("bp", **RESNET))
-    assert train_lib.conv_loop_is_slow(resnet.abstract_state)
+    assert train_lib.conv_loop_is_slow(resnet.abstract_state) and resnet.unrolled
+    # Its chunks are compiled unrolled, so the automatic k stops at MAX_UNROLLED_STEPS.
+    batch = next(resnet.train_batches(0))
+    assert resnet.steps_per_dispatch(batch) == train_lib.MAX_UNROLLED_STEPS

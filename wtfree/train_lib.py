@@ -40,11 +40,15 @@ State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
 STATE_COLLECTIONS = ("params", "feedback", "batch_stats")
 # config.steps_per_dispatch = 0 (automatic) runs as many steps per jitted call as make at least
-# DISPATCH_FLOPS of work (a call costs the host ~0.1-0.3 ms: at CPU rates below 1% of 4 GFLOP),
-# at most MAX_STEPS_PER_DISPATCH and DISPATCH_BYTES of stacked batches, as a power of two.
-DISPATCH_FLOPS = 4e9
+# DISPATCH_FLOPS of work, at most MAX_STEPS_PER_DISPATCH (MAX_UNROLLED_STEPS where the chunk is
+# unrolled, ``conv_loop_is_slow``: its compile time grows with k) and DISPATCH_BYTES of stacked
+# batches, as a power of two. A call costs the loop ~0.8 ms of host work (benchmarks/loop.py:
+# the seed MLP's epoch 18 ms shorter at 64 steps a call than at 16), under 2% of 16 GFLOP at
+# this CPU's ~320 GFLOP/s.
+DISPATCH_FLOPS = 16e9
 DISPATCH_BYTES = 64 * 2**20
-MAX_STEPS_PER_DISPATCH = 32
+MAX_STEPS_PER_DISPATCH = 64
+MAX_UNROLLED_STEPS = 4
 
 
 def make_model(config: ml_collections.ConfigDict, num_classes: int):
@@ -494,11 +498,12 @@ class Trainer:
                 return mirror_step(state, rng), measurements
 
             self.train_mirror_step = jax.jit(train_mirror_step, **step_shardings)
+        self.unrolled = conv_loop_is_slow(self.abstract_state)
         multi_step = make_multi_step(
             train_step,
             mirror_step if self.uses_mirror else None,
             config.mirror.every if self.uses_mirror else 1,
-            unroll=conv_loop_is_slow(self.abstract_state),
+            unroll=self.unrolled,
         )
         self.train_steps = jax.jit(
             multi_step,
@@ -531,7 +536,8 @@ class Trainer:
     def steps_per_dispatch(self, batch: dict[str, np.ndarray]) -> int:
         """``config.steps_per_dispatch``, or where it is 0 the power of two that gives a call
         ``DISPATCH_FLOPS`` of work (XLA's count of the train step on ``batch``'s shapes), capped
-        by ``MAX_STEPS_PER_DISPATCH`` and ``DISPATCH_BYTES`` of stacked batches. A function of
+        by ``MAX_STEPS_PER_DISPATCH`` (``MAX_UNROLLED_STEPS`` where ``unrolled``) and
+        ``DISPATCH_BYTES`` of stacked batches. A function of
         the config and the shapes alone, so every process and every resume gets the same."""
         if self._steps_per_dispatch:
             return self._steps_per_dispatch
@@ -544,7 +550,8 @@ class Trainer:
         nbytes = sum(np.prod(s.shape) * s.dtype.itemsize for s in shapes.values())
         cost = self.train_step.trace(self.abstract_state, shapes).lower().cost_analysis()
         flops = float((cost or {}).get("flops", 0.0))
-        k = min(MAX_STEPS_PER_DISPATCH, DISPATCH_BYTES / nbytes)
+        longest = MAX_UNROLLED_STEPS if self.unrolled else MAX_STEPS_PER_DISPATCH
+        k = min(longest, DISPATCH_BYTES / nbytes)
         if flops > 0:
             k = min(k, DISPATCH_FLOPS / flops)
         self._steps_per_dispatch = 1 << max(0, int(k).bit_length() - 1)
