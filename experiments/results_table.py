@@ -31,7 +31,9 @@ def main(root: str) -> None:
     runs = collections.defaultdict(list)
     for workdir in sorted(paths.as_path(root).iterdir()):
         if (workdir / "metrics.jsonl").exists():
-            rule = workdir.name.rsplit("_s", 1)[0]
+            rule, _, seed = workdir.name.rpartition("_s")
+            if not (rule and seed.isdigit()):  # not <rule>_s<seed>: a run of its own
+                rule = workdir.name
             runs[rule].append(load(workdir))
     epochs = sorted({e for r in runs.values() for acc, _ in r for e in acc})
     print("| rule | runs (finished) | " + " | ".join(f"epoch {e}" for e in epochs) + " |")
