@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from tests.test_promises import states
 from tests.test_train import tiny_config
 from wtfree import checkpoints, errors, logs, sharding, train_lib
 
@@ -18,16 +19,6 @@ from wtfree import checkpoints, errors, logs, sharding, train_lib
 def mock_mnist():
     with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
         yield
-
-
-def states(workdir, config):
-    """Every checkpoint of a run: step -> state (host arrays)."""
-    trainer = train_lib.Trainer(config)
-    with checkpoints.make_manager(workdir, keep=100) as manager:
-        return {
-            s: jax.device_get(checkpoints.restore(manager, trainer.abstract_state, s))
-            for s in manager.all_steps()
-        }
 
 
 def assert_same_run(a, b, config_a, config_b, rtol=0.0):

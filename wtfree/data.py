@@ -317,8 +317,17 @@ class ArrayDataset(Dataset):
         if global_batch_size > len(labels):
             raise ValueError(f"global_batch_size={global_batch_size} > {len(labels)} examples")
         return _ArrayTrainIterator(
-            self, images, labels, global_batch_size, seed, start_step, process_index, local, augment
-        )._raw(raw)
+            self,
+            images,
+            labels,
+            global_batch_size,
+            seed,
+            start_step,
+            process_index,
+            local,
+            augment,
+            normalized=not raw,
+        )
 
     def eval_batches(
         self,
@@ -344,16 +353,22 @@ class _ArrayTrainIterator:
     ``n`` batches of ``next`` without the copy (the train loop's chunks)."""
 
     def __init__(
-        self, dataset, images, labels, global_batch_size, seed, step, process_index, local, augment
+        self,
+        dataset,
+        images,
+        labels,
+        global_batch_size,
+        seed,
+        step,
+        process_index,
+        local,
+        augment,
+        normalized=True,
     ):
         self._dataset, self._images, self._labels = dataset, images, labels
         self._global, self._seed, self._step = global_batch_size, seed, step
         self._process, self._local, self._augment = process_index, local, augment
-        self._normalized = True
-
-    def _raw(self, raw: bool) -> _ArrayTrainIterator:
-        self._normalized = not raw
-        return self
+        self._normalized = normalized
 
     def __iter__(self) -> _ArrayTrainIterator:
         return self

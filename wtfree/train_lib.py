@@ -457,7 +457,6 @@ class Trainer:
         )
         top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
         # uint8 train batches where the dataset can give them, normalized inside the steps.
-        self.raw_batches = self.ds.raw_batches
         train_step = _normalizing(
             self.ds,
             make_train_step(
@@ -520,9 +519,9 @@ class Trainer:
 
     def train_batches(self, start_step: int, raw: bool = False):
         """This process's train batches from ``start_step`` on. ``raw``: as the train loop
-        takes them, uint8 images where the dataset has them (``raw_batches``), which the steps
+        takes them, uint8 images where the dataset has them (``ds.raw_batches``), which the steps
         normalize on the device; float32 images otherwise (the steps take both)."""
-        raw = {"raw": True} if raw and self.raw_batches else {}
+        raw = {"raw": True} if raw and self.ds.raw_batches else {}
         return self.ds.train_batches(
             global_batch_size=self.config.batch_size,
             seed=self.config.seed,
