@@ -80,11 +80,34 @@ def _scale_offset(spec: _Spec, shape: tuple[int, ...]) -> tuple[np.ndarray, np.n
     return scale, offset
 
 
+# Host batches are built in buffers aligned to this many bytes: XLA:CPU then takes them as they
+# are (jax.device_put aliases the numpy buffer instead of copying it; 0.04 ms against 0.9 ms
+# for a 64-step chunk of MNIST). numpy's own large buffers start 16 bytes past a page.
+HOST_ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts at a multiple of ``HOST_ALIGNMENT`` bytes."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(size + HOST_ALIGNMENT, np.uint8)
+    start = -buffer.ctypes.data % HOST_ALIGNMENT
+    return buffer[start : start + size].view(dtype).reshape(shape)
+
+
+def _take(array: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``np.take(array, idx, axis=0)`` into an aligned buffer (``idx`` valid by construction;
+    ``mode="clip"`` is numpy's fast path for ``out=``)."""
+    out = aligned_empty((len(idx), *array.shape[1:]), array.dtype)
+    return np.take(array, idx, axis=0, out=out, mode="clip")
+
+
 def _normalize(images: np.ndarray, spec: _Spec) -> np.ndarray:
     """uint8 [N, H, W, C] -> float32: pixel / 255, then (x - mean) / std per channel if given."""
+    x = aligned_empty(images.shape, np.float32)
     if spec.mean is None:  # one pass: the same float32 products as astype, then *=
-        return np.multiply(images, np.float32(1 / 255), dtype=np.float32)
-    x = images.astype(np.float32)
+        return np.multiply(images, np.float32(1 / 255), dtype=np.float32, out=x)
+    x[...] = images
     # Over whole images, not the channel axis: broadcasting over a length-3 axis is 10x slower.
     scale, offset = _scale_offset(spec, images.shape[1:])
     flat = x.reshape(len(x), -1)
@@ -389,7 +412,7 @@ class _ArrayTrainIterator:
                 for s in steps
             ]
         )
-        x = np.take(self._images, idx, axis=0)
+        x = _take(self._images, idx)
         if self._augment:
             own = slice(self._process * self._local, (self._process + 1) * self._local)
             parts = []
@@ -397,11 +420,11 @@ class _ArrayTrainIterator:
                 offsets, flips = _crop_flip_params(self._seed, s, self._global, pad=4)
                 part = x[i * self._local : (i + 1) * self._local]
                 parts.append(_random_crop_flip(part, offsets[own], flips[own], pad=4))
-            x = np.concatenate(parts)
+            x = np.concatenate(parts, out=aligned_empty(x.shape, x.dtype))
         image = _normalize(x, self._dataset._spec) if self._normalized else x
         return {
             "image": image.reshape(n, self._local, *image.shape[1:]),
-            "label": np.take(self._labels, idx).reshape(n, self._local),
+            "label": _take(self._labels, idx).reshape(n, self._local),
         }
 
 
