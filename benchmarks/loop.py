@@ -195,7 +195,7 @@ def main():
 
     trainer = train_lib.Trainer(bp_config(args.steps_per_dispatch, log_every_steps=10**9))
     loop = LoopRun(trainer)
-    loop()  # compiles every call length
+    loop()  # compiles (one program for every chunk length: chunks are padded to k)
     loop.cpu.clear()
     epoch = device_epoch(trainer)
     scan = ScanRun(reference_step, init_params(jax.random.PRNGKey(0)), epoch)

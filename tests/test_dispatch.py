@@ -48,8 +48,8 @@ def record_calls(monkeypatch) -> list[int]:
     sizes = []
     plan = train_lib.plan_dispatches
 
-    def recording(*args):
-        for n, end in plan(*args):
+    def recording(*args, **kwargs):
+        for n, end in plan(*args, **kwargs):
             sizes.append(n)
             yield n, end
 
@@ -61,9 +61,7 @@ def test_chunks_end_on_every_host_step_and_are_the_same_after_a_resume():
     config = tiny_config("bp", log_every_steps=10, eval_every_steps=7, checkpoint_every_steps=9)
     total, per_epoch, k = 50, 12, 8
 
-    def ends_chunk(t):
-        return train_lib._ends_chunk(t, config, total, per_epoch, k)
-
+    ends_chunk = train_lib._chunk_ends(config, total, per_epoch, k)
     calls = list(train_lib.plan_dispatches(0, total, ends_chunk, k))
     assert sum(n for n, _ in calls) == total
     assert all(n in (1, 2, 4, 8) for n, _ in calls)
@@ -80,6 +78,9 @@ def test_chunks_end_on_every_host_step_and_are_the_same_after_a_resume():
     # Within a chunk, longest call first; a chunk is never longer than k.
     starts = [0, *ends[:-1]]
     assert all(0 < e - s <= k for s, e in zip(starts, ends, strict=True))
+    # Unsplit (one program for every length), a chunk is one call.
+    whole = list(train_lib.plan_dispatches(0, total, ends_chunk, k, split=False))
+    assert all(end for _, end in whole) and list(np.cumsum([n for n, _ in whole])) == ends
     # Resuming at any chunk end cuts the rest exactly as the uninterrupted run does.
     for s in ends[:-1]:
         tail = list(train_lib.plan_dispatches(s, total, ends_chunk, k))
@@ -276,21 +277,26 @@ def test_the_nan_watch_sees_a_diverged_alignment_loss_under_a_finite_task_loss(u
     multi_step = jax.jit(train_lib.make_multi_step(train_step, unroll=unroll))
     watch = {"finite": True, "step": 0, "loss": 0.0}
     state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0)}
-    state, watch, _ = multi_step(state, watch, jnp.zeros((5, 1)))
+    state, watch, _ = multi_step(state, watch, jnp.zeros((5, 1)), 5)
     assert not bool(watch["finite"]) and int(watch["step"]) == 3
 
 
-def test_an_unrolled_chunk_is_the_scanned_chunk():
+def test_an_unrolled_chunk_is_the_looped_chunk_and_padding_is_never_read():
     trainer = train_lib.Trainer(tiny_config("wm"))
     batches = trainer.train_batches(0)
     host = [next(batches) for _ in range(3)]
-    chunk = sharding.put_chunk({k: np.stack([b[k] for b in host]) for k in host[0]}, trainer.mesh)
+    stacked = {k: np.stack([b[k] for b in host]) for k in host[0]}
+    # The looped form takes chunks padded to k batches: NaN padding would poison any step.
+    padded = train_lib._padded(stacked, 5)
+    assert padded["image"].shape[0] == 5 and not padded["image"][3:].any()
+    padded["image"][3:] = np.nan
     watch = {"finite": True, "step": 0, "loss": 0.0}
     train_step = train_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
     results = []
-    for unroll in (False, True):
+    for unroll, chunk in ((False, padded), (True, stacked)):
         multi_step = train_lib.make_multi_step(train_step, unroll=unroll)
-        results.append(jax.jit(multi_step)(trainer.fresh_state(), watch, chunk))
+        chunk = sharding.put_chunk(chunk, trainer.mesh)
+        results.append(jax.jit(multi_step)(trainer.fresh_state(), watch, chunk, 3))
     (scanned_state, scanned_watch, scanned), (state, watch, last) = results
     assert int(state["step"]) == 3
     assert jax.tree.map(float, scanned_watch) == jax.tree.map(float, watch)

@@ -4,7 +4,7 @@ import collections
 import functools
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -329,14 +329,19 @@ def _mirror_rng(state: State, stream: int, index) -> jax.Array:
 
 
 def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll: bool = False):
-    r"""``multi_step(state, watch, chunk) -> (state, watch, measurements)``: one train step per
-    batch of ``chunk`` (batches stacked on a leading axis of length k), under one ``lax.scan``,
-    or with ``unroll`` as k copies of the step in line (``conv_loop_is_slow``).
+    r"""``multi_step(state, watch, chunk, n) -> (state, watch, measurements)``: one train step
+    for each of the first ``n`` batches of ``chunk`` (batches stacked on a leading axis).
+
+    Under a ``lax.fori_loop`` of ``n`` (a traced int32) iterations, so one compiled program runs
+    chunks of any length up to the chunk's: the loop pads every chunk to ``k`` batches and the
+    rows past ``n`` are never read. With ``unroll`` (``conv_loop_is_slow``) the chunk holds
+    exactly ``n`` batches, stepped through as copies of the step in line, and ``n`` is unused
+    (each length is its own program; the loop uses powers of two).
 
     With ``mirror_step``, the step that makes ``state["step"]`` a multiple of ``mirror_every``
     is followed by a mirror batch whose key is ``_mirror_rng(state, 1, step)`` of the step's own
     (pre-step) number: the same steps and keys as one call per step. ``watch`` (``_watch_loss``)
-    rides in the scan's carry, so the NaN watch costs no call of its own. ``measurements`` are
+    rides in the loop's carry, so the NaN watch costs no call of its own. ``measurements`` are
     the last step's.
     """
 
@@ -345,8 +350,7 @@ def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll:
             return mirror_step(state, rng)
         return lax.cond(state["step"] % mirror_every == 0, mirror_step, lambda s, _: s, state, rng)
 
-    def one_step(carry, batch):
-        state, watch = carry
+    def one_step(state: State, watch: dict, batch):
         rng = _mirror_rng(state, 1, state["step"])
         state, measurements = train_step(state, batch)
         if mirror_step is not None:
@@ -355,18 +359,22 @@ def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll:
         if "train/alignment_loss" in measurements:
             # B can diverge under its alignment loss while the task loss stays finite.
             watched = watched + measurements["train/alignment_loss"]
-        watch = _watch_loss(watch, state["step"], watched)
-        return (state, watch), measurements
+        return state, _watch_loss(watch, state["step"], watched), measurements
 
-    def multi_step(state: State, watch: dict, chunk):
+    def batch_at(chunk, i):
+        return jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), chunk)
+
+    def multi_step(state: State, watch: dict, chunk, n):
         if unroll:
-            carry = (state, watch)
             for i in range(jax.tree.leaves(chunk)[0].shape[0]):
-                batch = jax.tree.map(functools.partial(lambda x, i: x[i], i=i), chunk)
-                carry, measurements = one_step(carry, batch)
-            return *carry, measurements
-        (state, watch), measurements = lax.scan(one_step, (state, watch), chunk)
-        return state, watch, jax.tree.map(lambda m: m[-1], measurements)
+                state, watch, measurements = one_step(state, watch, batch_at(chunk, i))
+            return state, watch, measurements
+        # The carry holds the last step's measurements: zeros of their shapes before the first.
+        shapes = jax.eval_shape(one_step, state, watch, batch_at(chunk, 0))[2]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        return lax.fori_loop(
+            0, n, lambda i, carry: one_step(*carry[:2], batch_at(chunk, i)), (state, watch, zeros)
+        )
 
     return multi_step
 
@@ -497,6 +505,8 @@ class Trainer:
                 return mirror_step(state, rng), measurements
 
             self.train_mirror_step = jax.jit(train_mirror_step, **step_shardings)
+        # Unrolled, every chunk length is a program of its own: powers of two. Otherwise one
+        # program runs them all, on chunks padded to k batches (``train_chunks``).
         self.unrolled = conv_loop_is_slow(self.abstract_state)
         multi_step = make_multi_step(
             train_step,
@@ -506,7 +516,7 @@ class Trainer:
         )
         self.train_steps = jax.jit(
             multi_step,
-            in_shardings=(replicated, replicated, sharding.chunk_sharded(self.mesh)),
+            in_shardings=(replicated, replicated, sharding.chunk_sharded(self.mesh), replicated),
             out_shardings=(replicated, replicated, replicated),
             donate_argnums=(0, 1),
         )
@@ -614,6 +624,12 @@ def _host(tree) -> dict[str, float]:
     return {k: float(v) for k, v in jax.device_get(tree).items()}
 
 
+def _fresh_watch() -> dict:
+    """The NaN watch before any step, typed as ``_watch_loss`` returns it (not weakly typed, so
+    the first call compiles the same program as every later one)."""
+    return {"finite": np.bool_(True), "step": np.int32(0), "loss": np.float32(0.0)}
+
+
 def _watch_loss(watch: dict, step, loss) -> dict:
     """Remembers whether every loss so far was finite, and the first that was not (step, value)."""
     finite = jnp.isfinite(loss)
@@ -704,35 +720,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
             lock.release()
 
 
-def _ends_chunk(t: int, config: ml_collections.ConfigDict, total: int, per_epoch: int, k: int):
-    """Whether the host must act after step ``t``: log (and, one step before, measure the
-    alignment), evaluate, checkpoint, end the run, or ``t`` is a multiple of ``k``."""
-    log = config.log_every_steps
-    return (
-        t % k == 0
-        or t >= total - 1
-        or t % log == 0
-        or (t + 1) % log == 0
-        or t % per_epoch == 0
-        or t % config.eval_every_steps == 0
-        or t % config.checkpoint_every_steps == 0
-    )
+def _chunk_ends(
+    config: ml_collections.ConfigDict, total: int, per_epoch: int, k: int
+) -> Callable[[int], bool]:
+    """``ends_chunk(t)``: whether the host must act after step ``t``: log (and, one step
+    before, measure the alignment), evaluate, checkpoint, end the run, or ``t`` is a multiple of
+    ``k``. The config's intervals are read once: the loop asks this of every step."""
+    log, evaluate = config.log_every_steps, config.eval_every_steps
+    save = config.checkpoint_every_steps
+
+    def ends_chunk(t: int) -> bool:
+        return (
+            t % k == 0
+            or t >= total - 1
+            or t % log == 0
+            or (t + 1) % log == 0
+            or t % per_epoch == 0
+            or t % evaluate == 0
+            or t % save == 0
+        )
+
+    return ends_chunk
 
 
-def plan_dispatches(start: int, total: int, ends_chunk, k: int) -> Iterator[tuple[int, bool]]:
+def plan_dispatches(
+    start: int, total: int, ends_chunk, k: int, split: bool = True
+) -> Iterator[tuple[int, bool]]:
     """``(steps, chunk_ends)`` of every jitted call from step ``start`` to ``total``.
 
-    A chunk runs from one step where ``ends_chunk`` holds to the next (at most ``k`` steps);
-    it is dispatched as calls of power-of-two lengths, longest first, so that at most
-    log2(k) + 1 lengths are ever compiled. The chunk ends are a function of the step alone:
-    an interrupted run and its resumption (which starts at a chunk end) cut the same chunks.
+    A chunk runs from one step where ``ends_chunk`` holds to the next (at most ``k`` steps).
+    With ``split`` (unrolled chunks, one program per length) it is dispatched as calls of
+    power-of-two lengths, longest first, so that at most log2(k) + 1 lengths are ever compiled;
+    without, as one call. The chunk ends are a function of the step alone: an interrupted run
+    and its resumption (which starts at a chunk end) cut the same chunks.
     """
     step = start
     while step < total:
         end = next(t for t in range(step + 1, step + k + 1) if ends_chunk(t))
         n = end - step
         while n:
-            piece = 1 << (n.bit_length() - 1)
+            piece = 1 << (n.bit_length() - 1) if split else n
             n -= piece
             yield piece, n == 0
         step = end
@@ -750,6 +777,20 @@ def _stacked(batches: Iterator, sizes: Iterator[int], first=None) -> Iterator[di
         parts += [next(batches) for _ in range(n - len(parts))]
         first = None
         yield {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+
+
+def _padded(chunk: dict[str, np.ndarray], k: int) -> dict[str, np.ndarray]:
+    """``chunk`` ([n, B, ...]) with zero batches after its own up to ``k``, in aligned buffers
+    (``data.aligned_empty``); the steps never read them (``make_multi_step``)."""
+    n = len(next(iter(chunk.values())))
+    if n == k:
+        return chunk
+    padded = {}
+    for key, value in chunk.items():
+        padded[key] = data.aligned_empty((k, *value.shape[1:]), value.dtype)
+        padded[key][:n] = value
+        padded[key][n:] = 0
+    return padded
 
 
 def train_chunks(
@@ -776,24 +817,24 @@ def train_chunks(
       ``total``) ``measure_step`` of the state before it, else None.
     """
     config = trainer.config
-    ends_chunk = functools.partial(
-        _ends_chunk, config=config, total=total, per_epoch=trainer.steps_per_epoch, k=k
+    ends_chunk = _chunk_ends(config, total, trainer.steps_per_epoch, k)
+    plan, planned = itertools.tee(
+        plan_dispatches(start, total, ends_chunk, k, split=trainer.unrolled)
     )
-    sizes = (n for n, _ in plan_dispatches(start, total, ends_chunk, k))
-    chunks = sharding.prefetch(
-        _stacked(batches, sizes, first), functools.partial(sharding.put_chunk, mesh=trainer.mesh)
-    )
+    sizes = (n for n, _ in planned)
+    chunks = _stacked(batches, sizes, first)
+    if not trainer.unrolled:  # one program for every length: chunks of k batches
+        chunks = (_padded(chunk, k) for chunk in chunks)
+    chunks = sharding.prefetch(chunks, functools.partial(sharding.put_chunk, mesh=trainer.mesh))
     replicated = sharding.replicated(trainer.mesh)
-    watch = jax.device_put({"finite": True, "step": 0, "loss": 0.0}, replicated)
+    watch = jax.device_put(_fresh_watch(), replicated)
     in_flight = collections.deque()
     step, alignment = start, None
-    for (n, chunk_end), chunk in zip(
-        plan_dispatches(start, total, ends_chunk, k), chunks, strict=True
-    ):
+    for (n, chunk_end), chunk in zip(plan, chunks, strict=True):
         if (step + n) % config.log_every_steps == 0 or step + n == total:
             # A call of one step: the step before a logged one ends a chunk.
             alignment = trainer.measure_step(state, trainer.first_of_chunk(chunk))
-        state, watch, measurements = trainer.train_steps(state, watch, chunk)
+        state, watch, measurements = trainer.train_steps(state, watch, chunk, np.int32(n))
         step += n
         in_flight.append(measurements)
         if len(in_flight) > 2:
