@@ -167,7 +167,7 @@ def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
 
 def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):
     """Its config.json has no alignment.* (it ran bp or kp, which never read them); a key
-    outside the added ones, or a changed recorded one, is still refused."""
+    outside the added ones is still refused."""
     old = workdir.as_json(tiny_config("kp"))
     del old["alignment"]
     (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
@@ -176,10 +176,25 @@ def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):
     assert workdir.check_config(scaled, tmp_path) == {}
     with pytest.raises(errors.RunError, match=r"holds another experiment: changed seed"):
         workdir.check_config(tiny_config("kp", seed=1), tmp_path)
-    old["alignment"] = {"positions": "sum"}
-    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
-    with pytest.raises(errors.RunError, match=r"alignment.positions \('sum' -> 'mean'\)"):
-        workdir.check_config(tiny_config("kp", **{"alignment.positions": "mean"}), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "rule, reads", [("bp", ""), ("kp", ""), ("wm", "mirror"), ("sa", "alignment")]
+)
+def test_a_changed_subtree_the_rule_never_reads_is_no_other_experiment(tmp_path, rule, reads):
+    """mirror.* is read by wm alone and alignment.* by the alignment rules alone: a bp run
+    recorded before a mirror default changed still resumes (the change is recorded); for the
+    rule that reads it, it is another experiment. A changed rule is refused with its subtrees."""
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(workdir.as_json(tiny_config(rule))))
+    for key, value in (("mirror.decay", 0.5), ("alignment.positions", "mean")):
+        changed = tiny_config(rule, **{key: value})
+        if reads and key.startswith(reads + "."):
+            with pytest.raises(errors.RunError, match=rf"changed {key} "):
+                workdir.check_config(changed, tmp_path)
+        else:
+            assert key in workdir.check_config(changed, tmp_path)
+    with pytest.raises(errors.RunError, match=r"changed mirror.decay .*, rule "):
+        workdir.check_config(tiny_config("fa", **{"mirror.decay": 0.5}), tmp_path)
 
 
 def test_an_alignment_run_recorded_before_alignment_momentum_resumes_with_ws_momentum(tmp_path):

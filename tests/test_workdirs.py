@@ -98,6 +98,24 @@ def test_no_readable_checkpoint_stops_with_one_line(tmp_path):
     assert sorted(os.listdir(tmp_path / "unreadable_checkpoints")) == ["3", "6"]
 
 
+def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(tmp_path):
+    """Another version of wtfree wrote it (seen: the optimizer state gained a leaf): that is
+    no damage, so no checkpoint is set aside, and the one line names the differing leaves."""
+    config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    trainer = train_lib.Trainer(config)
+    grown = {**trainer.abstract_state, "extra": jax.ShapeDtypeStruct((), np.int32)}
+    shrunk = {k: v for k, v in trainer.abstract_state.items() if k != "rng"}
+    for state, only in ((grown, "only in the state: extra)"), (shrunk, "checkpoint: rng;")):
+        with checkpoints.make_manager(tmp_path) as manager:
+            with pytest.raises(errors.RunError, match="holds another state layout") as info:
+                checkpoints.restore_newest_readable(manager, state)
+        assert only in str(info.value) and "\n" not in str(info.value)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    assert not (tmp_path / checkpoints.UNREADABLE).exists()
+    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6  # still readable
+
+
 def test_evaluate_an_unreadable_step_is_one_line(tmp_path):
     config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
     train_lib.train_and_evaluate(config, str(tmp_path))

@@ -17,6 +17,11 @@ from wtfree import errors, logs, paths
 UNREADABLE = "unreadable_checkpoints"
 
 
+class OtherLayout(errors.RunError):
+    """A readable checkpoint whose state tree is not the one the run builds (another version
+    of wtfree wrote it): not damage, so it is never set aside."""
+
+
 def make_manager(workdir: epath.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
     """A manager for ``workdir/checkpoints`` keeping the last ``keep`` checkpoints."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
@@ -45,6 +50,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
             f"no checkpoint at step {step} in {manager.directory}; "
             f"have {sorted(manager.all_steps())}"
         )
+    _check_layout(epath.Path(manager.directory) / str(step), abstract_state)
     # Installed before the read: a failed read's siblings can finish (and complain) on
     # TensorStore's threads before the failure reaches this frame.
     _drop_abandoned_reads()
@@ -54,6 +60,42 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         raise errors.RunError(
             f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
         ) from e
+
+
+def _leaf_paths(tree) -> set[str]:
+    """The tree's leaves as "a/b/0" paths: dict keys, attribute names and indices alike, so that a
+    checkpoint's metadata (dicts and lists) compares with the state (also named tuples)."""
+
+    def name(key) -> str:
+        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path) for path, _ in leaves}
+
+
+def _listed(paths: list[str], most: int = 3) -> str:
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more if paths else "none"
+
+
+def _check_layout(directory: epath.Path, abstract_state) -> None:
+    """Raises OtherLayout when the checkpoint in ``directory`` (one step) was saved from a state
+    tree other than ``abstract_state``'s. Metadata that cannot be read says nothing here: the
+    read itself then tells damage apart."""
+    try:
+        saved = ocp.StandardCheckpointHandler().metadata(directory / "default")
+        recorded = _leaf_paths(saved)
+    except Exception:  # unreadable metadata: a damaged checkpoint, judged by the read
+        return
+    expected = _leaf_paths(abstract_state)
+    if recorded != expected:
+        raise OtherLayout(
+            f"checkpoint at step {directory.name} in {directory.parent} holds another state "
+            "layout than this version of wtfree builds (only in the checkpoint: "
+            f"{_listed(sorted(recorded - expected))}; only in the state: "
+            f"{_listed(sorted(expected - recorded))}); it is left as it is: resume it with the "
+            "version that wrote it, or train in a new workdir"
+        )
 
 
 def _drop_abandoned_reads() -> None:
@@ -147,6 +189,8 @@ def restore_newest_readable(manager: ocp.CheckpointManager, abstract_state):
         try:
             state = restore(manager, abstract_state, step)
             break
+        except OtherLayout:
+            raise
         except errors.RunError as e:
             reason = errors.one_line(e.__cause__ or e)
             if jax.process_index() == 0:

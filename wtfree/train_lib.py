@@ -42,9 +42,9 @@ STATE_COLLECTIONS = ("params", "feedback", "batch_stats")
 # config.steps_per_dispatch = 0 (automatic) runs as many steps per jitted call as make at least
 # DISPATCH_FLOPS of work, at most MAX_STEPS_PER_DISPATCH (MAX_UNROLLED_STEPS where the chunk is
 # unrolled, ``conv_loop_is_slow``: its compile time grows with k) and DISPATCH_BYTES of stacked
-# batches, as a power of two. A call costs the loop ~0.8 ms of host work (benchmarks/loop.py:
-# the seed MLP's epoch 18 ms shorter at 64 steps a call than at 16), under 2% of 16 GFLOP at
-# this CPU's ~320 GFLOP/s.
+# batches (every chunk is padded to k batches, unless unrolled), as a power of two. A call
+# costs the loop ~0.8 ms of host work (benchmarks/loop.py: the seed MLP's epoch 18 ms shorter
+# at 64 steps a call than at 16), under 2% of 16 GFLOP at this CPU's ~320 GFLOP/s.
 DISPATCH_FLOPS = 16e9
 DISPATCH_BYTES = 64 * 2**20
 MAX_STEPS_PER_DISPATCH = 64
@@ -809,6 +809,10 @@ def train_chunks(
       total: the run's last step.
       k: the longest chunk (``trainer.steps_per_dispatch``).
       first: step ``start``'s batch, if already drawn from ``batches``.
+
+    Unless ``trainer.unrolled``, every chunk is padded to ``k`` batches (``_padded``) and run
+    by the one program ``make_multi_step`` compiles for all lengths; unrolled chunks are put
+    as they are, in the power-of-two pieces of ``plan_dispatches``.
 
     Returns:
       An iterator of ``(step, state, watch, measurements, alignment)`` at every chunk end:

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from wtfree import errors, logs, paths
+from wtfree import errors, logs, paths, rules
 
 # Keys that may differ between the runs of one workdir: how long to train, how often to log,
 # evaluate and checkpoint, how many steps one call runs, how much of the test set to use, where
@@ -44,6 +44,9 @@ MAY_CHANGE = frozenset(
 # later, and -1 (W's momentum) is what the alignment runs recorded before it used.
 ANY = object()
 ADDED_KEYS = {"mirror.noise": "normal", "alignment.momentum": -1.0, "alignment.*": ANY}
+# Subtrees only the rules that learn B in one way read: for any other rule a change there is no
+# other experiment (an older bp workdir still resumes after the mirror defaults changed).
+READ_BY = {"mirror.": rules.MIRROR, "alignment.": rules.LOSS}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
@@ -77,8 +80,18 @@ def _added_as(key: str, value: Any) -> bool:
     return False
 
 
+def _unread(config: dict) -> tuple[str, ...]:
+    """The ``READ_BY`` subtrees that no rule of ``config`` (its rule and output_rule) reads."""
+    names = {config.get("rule"), config.get("output_rule") or config.get("rule")}
+    if not all(name in rules.RULES for name in names):
+        return ()
+    kinds = {rules.get(name).feedback for name in names}
+    return tuple(prefix for prefix, kind in READ_BY.items() if kind not in kinds)
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
-    """The changes to ``workdir``'s config.json, all of them in ``MAY_CHANGE``.
+    """The changes to ``workdir``'s config.json, all of them in ``MAY_CHANGE`` or in a subtree
+    that the run's rules never read (``READ_BY``).
 
     Raises:
       errors.RunError: a key outside ``MAY_CHANGE`` changed (one line listing them).
@@ -90,12 +103,15 @@ def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict
         old = json.loads(path.read_text())
     except ValueError as e:
         raise errors.RunError(f"{path} is not JSON ({e}); is {workdir} a wtfree workdir?") from e
-    changes = changed_keys(old, as_json(config))
+    new = as_json(config)
+    changes = changed_keys(old, new)
     recorded = _flat(old)
     for key in [k for k in changes if k not in recorded]:
         if _added_as(key, changes[key][1]):
             del changes[key]
-    refused = sorted(k for k in changes if k not in MAY_CHANGE)
+    # Only where the rules are the same: a changed rule is refused, with its subtrees.
+    unread = _unread(new) if "rule" not in changes and "output_rule" not in changes else ()
+    refused = sorted(k for k in changes if k not in MAY_CHANGE and not k.startswith(unread))
     if refused:
         listed = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in refused)
         raise errors.RunError(
