@@ -113,7 +113,13 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(tmp_p
         assert only in str(info.value) and "\n" not in str(info.value)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
     assert not (tmp_path / checkpoints.UNREADABLE).exists()
-    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6  # still readable
+    # An evaluation reads the model's variables alone, whatever the rest's layout.
+    with checkpoints.make_manager(tmp_path) as manager:
+        parts = checkpoints.restore_parts(manager, grown, ("params", "step"), 3)
+        whole = checkpoints.restore(manager, trainer.abstract_state, 3)
+    assert sorted(parts) == ["params", "step"]
+    assert_same_state(parts, {"params": whole["params"], "step": whole["step"]})
+    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
 
 
 def test_evaluate_an_unreadable_step_is_one_line(tmp_path):

@@ -62,6 +62,39 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
         ) from e
 
 
+def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: int | None = None):
+    """Only the entries ``keys`` of the state saved at ``step`` (default the latest), e.g. the
+    model's variables for an evaluation: what the rest of the checkpoint holds (the optimizer
+    state, whose layout an older wtfree may have written otherwise) is not read.
+
+    Raises:
+      errors.RunError: no checkpoint at ``step``, or its parts cannot be read (one line: why).
+    """
+    step = manager.latest_step() if step is None else step
+    if step not in manager.all_steps():
+        raise errors.RunError(
+            f"no checkpoint at step {step} in {manager.directory}; "
+            f"have {sorted(manager.all_steps())}"
+        )
+    parts = {key: abstract_state[key] for key in keys}
+    args = ocp.args.PyTreeRestore(
+        item=parts,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
+        partial_restore=True,
+    )
+    _drop_abandoned_reads()
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            # "default": the item name CheckpointManager gives a StandardSave.
+            return checkpointer.restore(
+                epath.Path(manager.directory) / str(step) / "default", args=args
+            )
+    except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
+        raise errors.RunError(
+            f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
+        ) from e
+
+
 def _leaf_paths(tree) -> set[str]:
     """The tree's leaves as "a/b/0" paths: dict keys, attribute names and indices alike, so that a
     checkpoint's metadata (dicts and lists) compares with the state (also named tuples)."""

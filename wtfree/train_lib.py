@@ -922,7 +922,9 @@ def evaluate_checkpoint(workdir: epath.PathLike, step: int | None = None) -> dic
     with checkpoints.make_manager(workdir) as manager:
         if manager.latest_step() is None:
             raise errors.RunError(f"{str(workdir)!r} holds no checkpoint")
-        state = checkpoints.restore(manager, trainer.abstract_state, step)
+        # The model's variables alone: an evaluation needs no optimizer state.
+        parts = (*STATE_COLLECTIONS, "step")
+        state = checkpoints.restore_parts(manager, trainer.abstract_state, parts, step)
     result = {"step": int(state["step"]), **trainer.evaluate(state)}
     if jax.process_index() == 0:
         paths.write_text(workdir / f"eval_{result['step']}.json", json.dumps(result))
