@@ -1,5 +1,6 @@
 """Orbax checkpoints: save, and restore the newest readable one, setting aside unreadable ones."""
 
+import contextlib
 import logging
 import sys
 import threading
@@ -40,26 +41,16 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     shapes and shardings; returns None when there is none.
 
     Raises:
+      OtherLayout: the checkpoint was saved from another state tree (one line: which leaves).
       errors.RunError: no checkpoint at ``step``, or it cannot be read (one line: why).
     """
     step = manager.latest_step() if step is None else step
     if step is None:
         return None
-    if step not in manager.all_steps():
-        raise errors.RunError(
-            f"no checkpoint at step {step} in {manager.directory}; "
-            f"have {sorted(manager.all_steps())}"
-        )
+    _check_step(manager, step)
     _check_layout(epath.Path(manager.directory) / str(step), abstract_state)
-    # Installed before the read: a failed read's siblings can finish (and complain) on
-    # TensorStore's threads before the failure reaches this frame.
-    _drop_abandoned_reads()
-    try:
+    with _reading(manager, step):
         return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
-    except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
-        raise errors.RunError(
-            f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
-        ) from e
 
 
 def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: int | None = None):
@@ -71,25 +62,36 @@ def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: in
       errors.RunError: no checkpoint at ``step``, or its parts cannot be read (one line: why).
     """
     step = manager.latest_step() if step is None else step
-    if step not in manager.all_steps():
-        raise errors.RunError(
-            f"no checkpoint at step {step} in {manager.directory}; "
-            f"have {sorted(manager.all_steps())}"
-        )
+    _check_step(manager, step)
     parts = {key: abstract_state[key] for key in keys}
     args = ocp.args.PyTreeRestore(
         item=parts,
         restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
         partial_restore=True,
     )
+    # "default": the item name CheckpointManager gives a StandardSave.
+    path = epath.Path(manager.directory) / str(step) / "default"
+    with _reading(manager, step), ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(path, args=args)
+
+
+def _check_step(manager: ocp.CheckpointManager, step: int | None) -> None:
+    if step not in manager.all_steps():
+        raise errors.RunError(
+            f"no checkpoint at step {step} in {manager.directory}; "
+            f"have {sorted(manager.all_steps())}"
+        )
+
+
+@contextlib.contextmanager
+def _reading(manager: ocp.CheckpointManager, step: int):
+    """Turns whatever orbax and TensorStore raise on a damaged checkpoint into one line."""
+    # Installed before the read: a failed read's siblings can finish (and complain) on
+    # TensorStore's threads before the failure reaches this frame.
     _drop_abandoned_reads()
     try:
-        with ocp.PyTreeCheckpointer() as checkpointer:
-            # "default": the item name CheckpointManager gives a StandardSave.
-            return checkpointer.restore(
-                epath.Path(manager.directory) / str(step) / "default", args=args
-            )
-    except Exception as e:  # whatever orbax and tensorstore raise on a damaged checkpoint
+        yield
+    except Exception as e:
         raise errors.RunError(
             f"checkpoint at step {step} in {manager.directory} is unreadable: {errors.one_line(e)}"
         ) from e
