@@ -174,8 +174,7 @@ def main():
         n = 1 if name == "wm mirror" else args.steps
         per_step = [t / n for t in ts]
         ratio = _timing.median([a / b for a, b in zip(per_step, bp, strict=True)])
-        target = TARGETS.get(name.split()[0]) if name not in ("wm mirror", "bp loop") else None
-        target = LOOP_TARGET if name == "bp loop" else target
+        target = {"wm mirror": None, "bp loop": LOOP_TARGET}.get(name, TARGETS.get(name.split()[0]))
         rows.append(
             [
                 name,

@@ -155,11 +155,21 @@ def test_bad_noise_is_one_line_from_validate():
     assert str(info.value) == "mirror.noise='gaussian'; allowed: normal, rademacher, uniform"
 
 
+def record_without(workdir_path, rule: str, key: str) -> None:
+    """Writes ``rule``'s config.json into the workdir as a version of wtfree before the dotted
+    ``key`` (a value or a subtree) existed would have."""
+    old = workdir.as_json(tiny_config(rule))
+    *path, last = key.split(".")
+    tree = old
+    for part in path:
+        tree = tree[part]
+    del tree[last]
+    (workdir_path / workdir.CONFIG).write_text(json.dumps(old))
+
+
 def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
     """Its config.json has no mirror.noise: that reads as normal, the noise it was run with."""
-    old = workdir.as_json(tiny_config("wm"))
-    del old["mirror"]["noise"]
-    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    record_without(tmp_path, "wm", "mirror.noise")
     assert workdir.check_config(tiny_config("wm"), tmp_path) == {}
     with pytest.raises(errors.RunError, match=r"mirror.noise \(None -> 'rademacher'\)"):
         workdir.check_config(tiny_config("wm", **{"mirror.noise": "rademacher"}), tmp_path)
@@ -168,9 +178,7 @@ def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
 def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):
     """Its config.json has no alignment.* (it ran bp or kp, which never read them); a key
     outside the added ones is still refused."""
-    old = workdir.as_json(tiny_config("kp"))
-    del old["alignment"]
-    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    record_without(tmp_path, "kp", "alignment")
     assert workdir.check_config(tiny_config("kp"), tmp_path) == {}
     scaled = tiny_config("kp", **{"alignment.learning_rate_scale": 10.0})
     assert workdir.check_config(scaled, tmp_path) == {}
@@ -199,9 +207,7 @@ def test_a_changed_subtree_the_rule_never_reads_is_no_other_experiment(tmp_path,
 
 def test_an_alignment_run_recorded_before_alignment_momentum_resumes_with_ws_momentum(tmp_path):
     """Without alignment.momentum, B had W's momentum: -1 resumes it, 0 is another experiment."""
-    old = workdir.as_json(tiny_config("sa"))
-    del old["alignment"]["momentum"]
-    (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    record_without(tmp_path, "sa", "alignment.momentum")
     assert workdir.check_config(tiny_config("sa"), tmp_path) == {}
     with pytest.raises(errors.RunError, match=r"alignment.momentum \(None -> 0.0\)"):
         workdir.check_config(tiny_config("sa", **{"alignment.momentum": 0.0}), tmp_path)

@@ -48,7 +48,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     if step is None:
         return None
     _check_step(manager, step)
-    _check_layout(epath.Path(manager.directory) / str(step), abstract_state)
+    _check_layout(_item(manager, step), abstract_state)
     with _reading(manager, step):
         return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
@@ -69,10 +69,14 @@ def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: in
         restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
         partial_restore=True,
     )
-    # "default": the item name CheckpointManager gives a StandardSave.
-    path = epath.Path(manager.directory) / str(step) / "default"
     with _reading(manager, step), ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(path, args=args)
+        return checkpointer.restore(_item(manager, step), args=args)
+
+
+def _item(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+    """Where the state saved at ``step`` lies: "default" is the item name CheckpointManager
+    gives a StandardSave."""
+    return epath.Path(manager.directory) / str(step) / "default"
 
 
 def _check_step(manager: ocp.CheckpointManager, step: int | None) -> None:
@@ -113,12 +117,13 @@ def _listed(paths: list[str], most: int = 3) -> str:
     return ", ".join(paths[:most]) + more if paths else "none"
 
 
-def _check_layout(directory: epath.Path, abstract_state) -> None:
-    """Raises OtherLayout when the checkpoint in ``directory`` (one step) was saved from a state
+def _check_layout(item: epath.Path, abstract_state) -> None:
+    """Raises OtherLayout when the state saved in ``item`` (``_item``) was saved from a state
     tree other than ``abstract_state``'s. Metadata that cannot be read says nothing here: the
     read itself then tells damage apart."""
+    directory = item.parent
     try:
-        saved = ocp.StandardCheckpointHandler().metadata(directory / "default")
+        saved = ocp.StandardCheckpointHandler().metadata(item)
         recorded = _leaf_paths(saved)
     except Exception:  # unreadable metadata: a damaged checkpoint, judged by the read
         return

@@ -137,10 +137,7 @@ def _step_rngs(state: State) -> dict:
 def uses_feedback(config: ml_collections.ConfigDict, kind: str) -> bool:
     """Whether a layer of the configured model learns its B in the way ``kind`` says
     (``rules.MIRROR``: by mirror batches; ``rules.LOSS``: by an alignment loss)."""
-    return any(
-        rules.get(r).feedback == kind
-        for r in (config.rule, config.get("output_rule") or config.rule)
-    )
+    return kind in rules.feedback_kinds(config.rule, config.get("output_rule"))
 
 
 def make_train_step(model, tx, loss_name: str, alignment=None):

@@ -82,10 +82,10 @@ def _added_as(key: str, value: Any) -> bool:
 
 def _unread(config: dict) -> tuple[str, ...]:
     """The ``READ_BY`` subtrees that no rule of ``config`` (its rule and output_rule) reads."""
-    names = {config.get("rule"), config.get("output_rule") or config.get("rule")}
-    if not all(name in rules.RULES for name in names):
+    rule, output_rule = config.get("rule"), config.get("output_rule")
+    if not {rule, output_rule or rule} <= rules.RULES.keys():
         return ()
-    kinds = {rules.get(name).feedback for name in names}
+    kinds = rules.feedback_kinds(rule, output_rule)
     return tuple(prefix for prefix, kind in READ_BY.items() if kind not in kinds)
 
 

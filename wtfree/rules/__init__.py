@@ -119,6 +119,12 @@ def get(name: str) -> Rule:
     return RULES[key]
 
 
+def feedback_kinds(rule: str, output_rule: str | None = None) -> set[str]:
+    """How the B of a model's layers learn (``Rule.feedback``) under ``rule``, with
+    ``output_rule`` (default ``rule``) at the output layer."""
+    return {get(name).feedback for name in (rule, output_rule or rule)}
+
+
 __all__ = [
     "FIXED",
     "GRADIENT",
@@ -135,6 +141,7 @@ __all__ = [
     "direct_feedback_output",
     "draw_noise",
     "feedback_linear",
+    "feedback_kinds",
     "get",
     "hebbian",
     "mirror_update",
