@@ -103,24 +103,54 @@ def test_ar_with_weight_transport_equals_jax_grad(order):
         assert result.feedback_grads is None
 
 
-def test_ar_with_weight_transport_on_a_conv_net_equals_jax_grad():
+def max_pool_tanh(a):
+    # Max pooling is not linear, so it goes with the activation (its vjp routes the error).
+    return jax.lax.reduce_window(
+        jnp.tanh(a), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
+
+
+def lenet(pool):
+    """A tiny LeNet: conv (then 2x2 pooling), dense, dense; float64 (call under x64)."""
+    k = jax.random.split(jax.random.key(1), 4)
+    conv = (
+        settling.Layer(settling.make_conv(padding="SAME", pool=2), jnp.tanh)
+        if pool == "avg"
+        else settling.Layer(settling.make_conv(padding="SAME"), max_pool_tanh)
+    )
+    model = [conv, settling.Layer(settling.flatten_dense, jnp.tanh), settling.Layer(settling.dense)]
+    params = [
+        {"w": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2), jnp.float64), "bias": jnp.zeros(2)},
+        {"w": 0.3 * jax.random.normal(k[1], (2 * 2 * 2, 5), jnp.float64), "bias": jnp.zeros(5)},
+        {"w": 0.3 * jax.random.normal(k[2], (5, 3), jnp.float64), "bias": jnp.zeros(3)},
+    ]
+    x = jax.random.normal(k[3], (2, 4, 4, 1), jnp.float64)
+    return model, params, x, jnp.ones((2, 3))
+
+
+@pytest.mark.parametrize("pool", ["avg", "max"])
+@pytest.mark.parametrize("name", ["ar", "pc"])
+def test_ar_and_pc_with_weight_transport_on_a_conv_net_equal_jax_grad(name, pool):
     with jax.enable_x64(True):
-        k = jax.random.split(jax.random.key(1), 4)
-        model = [
-            settling.Layer(settling.make_conv(padding="SAME", pool=2), jnp.tanh),
-            settling.Layer(settling.flatten_dense, jnp.tanh),
-            settling.Layer(settling.dense),
-        ]
-        params = [
-            {"w": 0.5 * jax.random.normal(k[0], (3, 3, 1, 2), jnp.float64), "bias": jnp.zeros(2)},
-            {"w": 0.3 * jax.random.normal(k[1], (2 * 2 * 2, 5), jnp.float64), "bias": jnp.zeros(5)},
-            {"w": 0.3 * jax.random.normal(k[2], (5, 3), jnp.float64), "bias": jnp.zeros(3)},
-        ]
-        x = jax.random.normal(k[3], (2, 4, 4, 1), jnp.float64)
-        y = jnp.ones((2, 3))
-        config = settling.ARConfig(steps=300)
-        result = settling.activation_relaxation(model, params, None, x, mse(y), config)
+        model, params, x, y = lenet(pool)
+        config = {
+            "ar": settling.ARConfig(steps=300),
+            "pc": settling.PCConfig(steps=600, step_size=0.05),
+        }[name]
+        result = settling.get(name).apply(model, params, None, x, mse(y), config)
         assert_trees_close(result.grads, jax.grad(loss_of, argnums=1)(model, params, x, y))
+
+
+def test_ar_stops_at_its_tolerance_near_jax_grad():
+    with jax.enable_x64(True):
+        model = mlp()
+        params, _, x, y = setup()
+        config = settling.ARConfig(steps=1000, tol=1e-9)
+        step = jax.jit(lambda p: settling.activation_relaxation(model, p, None, x, mse(y), config))
+        result = step(params)
+        assert 50 < int(result.steps) < 1000
+        bp = jax.grad(loss_of, argnums=1)(model, params, x, y)
+        assert_trees_close(result.grads, bp, rtol=1e-5, atol=1e-7)
 
 
 def test_ar_with_b_settles_to_feedback_alignment():
@@ -217,6 +247,22 @@ def test_pc_free_predictions_descend_the_energy_at_the_settled_nodes():
             angles.append([angle(g["w"], r["w"]) for g, r in zip(bp, result.grads, strict=True)])
         np.testing.assert_allclose(angles[0], angles[1], atol=0.1)
         assert 5.0 < max(angles[0]) < 30.0, angles
+
+
+def test_pc_free_predictions_in_a_linear_net_settle_to_the_closed_form():
+    # Two linear layers, free predictions: eps_2 = y - W2 mu_1 and eps_1 = eps_2 W2^T give
+    # eps_2 = (y - out) (I + W2^T W2)^-1: backprop's error only where W2^T W2 << I.
+    with jax.enable_x64(True):
+        widths = (4, 6, 3)
+        model = mlp(activation=settling.identity, widths=widths)
+        params, _, x, y = setup(widths=widths)
+        config = settling.PCConfig(steps=800, step_size=0.05, fixed_predictions=False)
+        result = settling.predictive_coding(model, params, None, x, mse(y), config)
+        hs, _ = settling.forward(model, params, x)
+        w2 = params[1]["w"]
+        top = (y - hs[-1]) @ jnp.linalg.inv(jnp.eye(3) + w2.T @ w2)
+        np.testing.assert_allclose(result.errors[1], -top, rtol=1e-8)
+        np.testing.assert_allclose(result.errors[0], -top @ w2.T, rtol=1e-8)
 
 
 def di_setup(widths, alpha, seed=3):
@@ -320,7 +366,7 @@ def test_pal_moves_b_towards_w():
     # with the high-passed rate above is proportional to W.
     model = mlp(activation=settling.identity, widths=(6, 8, 5))
     params, b, x, y = setup(widths=(6, 8, 5), dtype=jnp.float32)
-    config = settling.PALConfig(steps=2000, sigma=1.0, regularizer=0.0)
+    config = settling.PALConfig(steps=400, sigma=1.0, regularizer=0.0)
     state = pal_lib.init_state(model, params, x)
     result = settling.phaseless_alignment(
         model, params, b, x, mse(y), config, state=state, rng=jax.random.key(0)

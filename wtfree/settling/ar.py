@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 from wtfree.settling import network
 from wtfree.settling.relax import settle
@@ -112,7 +113,7 @@ def activation_relaxation(
             xs[k] = xs[k] - config.step_size * (xs[k] - target(k + 1, above))
         return tuple(xs)
 
-    start = hs[1:-1] if config.init == "activation" else [jax.numpy.zeros_like(h) for h in hs[1:-1]]
+    start = hs[1:-1] if config.init == "activation" else [jnp.zeros_like(h) for h in hs[1:-1]]
     settled, steps = settle(step, tuple(start), config.steps, tol=config.tol)
     errors = [*settled, top]
     grads = network.weight_grads(model, params, hs, pre, errors)
