@@ -421,5 +421,18 @@ def test_unknown_names_fail_in_one_line():
         network.feedback_matrices("dfa", [{"w": jnp.ones((2, 2))}], [jnp.ones((2, 2))])
     with pytest.raises(ValueError, match="ar order 'random'; allowed: sequential, parallel"):
         settling.ARConfig(order="random")
+    with pytest.raises(ValueError, match="pal feedback 'usf'; allowed: a rule with a stored B"):
+        model = mlp()
+        params, b, x, y = setup(dtype=jnp.float32)
+        settling.phaseless_alignment(
+            model,
+            params,
+            b,
+            x,
+            mse(y),
+            settling.PALConfig(feedback="usf"),
+            state=settling.pal.init_state(model, params, x),
+            rng=jax.random.key(0),
+        )
     with pytest.raises(ValueError, match="feedback 'fa' needs stored feedback weights"):
         network.feedback_matrices("fa", [{"w": jnp.ones((2, 2))}], None)

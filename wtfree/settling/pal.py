@@ -126,12 +126,15 @@ def phaseless_alignment(
       rate of B is the optimizer's), ``state`` the state to pass to the next batch.
 
     References:
-      Max, Kriener, Pineda Garcia, Nowotny, Jaras, Senn & Petrovici, *Learning efficient
-      backprojections across cortical hierarchies in real time*, Nature Machine Intelligence
-      2024 (arXiv:2212.10249).
+      Max, Kriener, Pineda Garcia, Nowotny, Senn & Petrovici, *Learning efficient
+      backprojections across cortical hierarchies in real time*, arXiv:2212.10249, 2022.
     """
     if state is None or rng is None:
         raise ValueError("pal needs state (pal init_state) and rng; got None")
+    if not network.is_stored(config.feedback):
+        raise ValueError(
+            f"pal feedback {config.feedback!r}; allowed: a rule with a stored B (fa, kp)"
+        )
     n = len(model)
     hs, pre = network.forward(model, params, x)
     mats = network.feedback_matrices(config.feedback, params, feedback)
