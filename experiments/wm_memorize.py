@@ -3,7 +3,7 @@ r"""LeNet memorizing mock MNIST under a rule and a mirror setting: the loss of e
     .venv/bin/python experiments/wm_memorize.py RULE,LR,DECAY,BATCH,STEPS,PRETRAIN,ORDER ...
 
 Each argument is one run of configs/mnist_lenet.py on 64 mock MNIST images with random labels
-(tfds.testing.mock_data, the rbg PRNG, as the tests use), batches of 32, weight decay 5e-4:
+(tfds.testing.mock_data, the rbg PRNG), batches of 32, weight decay 5e-4:
 RULE (bp or wm) at learning rate LR, a mirror of decay DECAY with BATCH noise vectors
 (learning rate DECAY / BATCH, so B settles at W) and PRETRAIN batches before training, for
 STEPS steps on one fixed batch (ORDER ``f``) or on the mock images in turn (``c``). Prints the
@@ -25,7 +25,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # configs import their siblings as `configs.common`
 
 from configs import mnist_lenet  # noqa: E402
-from wtfree import data, sharding, train_lib  # noqa: E402
+from wtfree import data, sharding  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 
 
 def losses(rule, lr, decay, batch, steps, pretrain, in_turn) -> list[float]:
@@ -36,7 +37,7 @@ def losses(rule, lr, decay, batch, steps, pretrain, in_turn) -> list[float]:
     m = config.mirror
     m.decay, m.batch_size, m.pretrain_batches = decay, batch, pretrain
     m.learning_rate = decay / batch
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     batches = trainer.train_batches(0)
     fixed = sharding.put_batch(next(iter(batches)), trainer.mesh)
     state = trainer.fresh_state()
