@@ -204,6 +204,7 @@ def test_derived_names_are_safe_and_distinct():
             "entries 0 and 1 have the same name 'mnist_mlp'",
         ),
         ("import no_such_module\n", "ModuleNotFoundError"),
+        ("def get_sweep():\n    return {}['lr']\n", "get_sweep() raised KeyError: 'lr'"),
     ],
 )
 def test_bad_sweep_files(tmp_path, capsys, body, message):
@@ -212,7 +213,7 @@ def test_bad_sweep_files(tmp_path, capsys, body, message):
         sweep.load_sweep(path)
     assert sweep.main([path, "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err
+    assert err.count("\n") == 1 and message in err and path in err
 
 
 def test_missing_sweep_file(tmp_path, capsys):
