@@ -28,6 +28,9 @@ class OtherLayout(errors.RunError):
 def make_manager(workdir: epath.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
     """A manager for ``workdir/checkpoints`` keeping the last ``keep`` checkpoints."""
     _drop_disk_full_reports()
+    # A save that fails (a full disk) abandons TensorStore writes as a failed read abandons
+    # reads: their callbacks then meet orbax's closed event loop, which is not for a person.
+    _drop_abandoned_reads()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(paths.as_path(workdir) / "checkpoints", options=options)
 
@@ -113,11 +116,14 @@ def _disk_full(manager: ocp.CheckpointManager, state) -> errors.StorageFull:
 
 def _drop_disk_full_reports() -> None:
     """Orbax logs a failed background save at ERROR with a traceback, once per thread involved
-    (three or four for one full disk). A full disk reaches the user as `_disk_full`'s one line,
-    so those reports, and only those, are not printed. Idempotent."""
-    absl_logger = logging.getLogger("absl")
-    if _not_disk_full not in absl_logger.filters:
-        absl_logger.addFilter(_not_disk_full)
+    (three or four for one full disk), and asyncio reports each of its writes that failed the
+    same way when they are collected ("Task exception was never retrieved"). A full disk reaches
+    the user as `_disk_full`'s one line, so those reports, and only those, are not printed.
+    Idempotent."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _not_disk_full not in logger.filters:
+            logger.addFilter(_not_disk_full)
 
 
 def _not_disk_full(record: logging.LogRecord) -> bool:
