@@ -85,7 +85,10 @@ def _out_of_space(manager: ocp.CheckpointManager, state):
     except Exception as e:
         if not is_disk_full(e):
             raise
-        raise _disk_full(manager, state) from None
+        # Orbax raises a failed save's error again at every later wait: say it once, as it was.
+        reported = getattr(e, "wtfree_reported", None) or _disk_full(manager, state)
+        e.wtfree_reported = reported
+        raise reported from None
 
 
 def _disk_full(manager: ocp.CheckpointManager, state) -> errors.StorageFull:
