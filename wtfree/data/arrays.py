@@ -116,7 +116,7 @@ class ArrayDataset(core.Dataset):
                 "label": np.where(mask > 0, labels[idx], 0),
                 "mask": mask,
             }
-            yield core.normalize_batch(batch, self._spec)
+            yield core.normalize_batch(batch, self.spec)
 
 
 class _ArrayTrainIterator:
@@ -170,7 +170,7 @@ class _ArrayTrainIterator:
                 part = x[i * self._local : (i + 1) * self._local]
                 parts.append(_random_crop_flip(part, offsets[own], flips[own], pad=4))
             x = np.concatenate(parts, out=core.aligned_empty(x.shape, x.dtype))
-        image = core.normalize(x, self._dataset._spec) if self._normalized else x
+        image = core.normalize(x, self._dataset.spec) if self._normalized else x
         return {
             "image": image.reshape(n, self._local, *image.shape[1:]),
             "label": _take(self._labels, idx).reshape(n, self._local),

@@ -153,15 +153,16 @@ class Dataset:
 
     Attributes:
       name: the dataset's registered name.
+      spec: its classes, input shape and normalization (`Spec`).
       num_classes: the number of labels (for regression: of outputs).
       image_shape: the shape of one input in the batches, (H, W, C) for images.
     """
 
     def __init__(self, name: str, spec: Spec | None = None):
         self.name = name
-        self._spec = SPECS[name] if spec is None else spec
-        self.num_classes = self._spec.num_classes
-        self.image_shape = self._spec.image_shape
+        self.spec = SPECS[name] if spec is None else spec
+        self.num_classes = self.spec.num_classes
+        self.image_shape = self.spec.image_shape
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -184,9 +185,9 @@ class Dataset:
         import jax.numpy as jnp
 
         x = jnp.asarray(images).astype(jnp.float32)
-        if self._spec.mean is None:
+        if self.spec.mean is None:
             return x * jnp.float32(1 / 255)
-        scale, offset = scale_offset(self._spec, self.image_shape)
+        scale, offset = scale_offset(self.spec, self.image_shape)
         shape = self.image_shape
         return x * scale.reshape(shape) - offset.reshape(shape)
 

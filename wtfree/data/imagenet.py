@@ -170,7 +170,7 @@ class ImageNetDataset(core.Dataset):
             if not flags.FLAGS.is_parsed():
                 flags.FLAGS.mark_as_parsed()
             ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._num_workers))
-        return iter(ds.map(functools.partial(core.normalize_batch, spec=self._spec)))
+        return iter(ds.map(functools.partial(core.normalize_batch, spec=self.spec)))
 
     def train_batches(
         self,
