@@ -23,7 +23,11 @@ steps are benchmarks/resnet_rules.py's (configs/cifar10_resnet20.py, ``wm`` with
 every step). With ``--biotorch`` the worker also times biotorch's fa/usf/frsf/brsf/dfa ResNet-20
 where biotorch imports in the torch venv.
 
-The machine may be shared: the load average is printed before and after.
+``CPU ms/step`` is the CPU time (all threads, user + system) of the process that ran the step,
+per step: under load, when the two sides get different shares of the cores, it still compares
+the work each does (a spinning thread counts too).
+
+The machine may be shared: the load average is printed before and after each table.
 """
 
 import argparse
@@ -121,10 +125,10 @@ for line in sys.stdin:
                 runners[key] = make_runner(cmd["name"], cmd["batch"])
         step = runners[key]
         torch.set_num_threads(cmd["threads"])
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for _ in range(cmd["steps"]):
             step()
-        reply = {"seconds": time.perf_counter() - start}
+        reply = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
     except Exception as e:  # reported back, so that one missing peer does not stop the run
         reply = {"error": f"{type(e).__name__}: {e}"}
     print(json.dumps(reply), flush=True)
@@ -141,6 +145,7 @@ class TorchWorker:
     """
 
     def __init__(self, python: str):
+        self.cpu: dict[str, list[float]] = {}  # per name, the worker's CPU seconds of each call
         self.proc = subprocess.Popen(
             [python, "-c", _WORKER],
             stdin=subprocess.PIPE,
@@ -158,11 +163,24 @@ class TorchWorker:
         reply = json.loads(self.proc.stdout.readline())
         if "error" in reply:
             raise RuntimeError(reply["error"])
+        self.cpu.setdefault(name, []).append(reply["cpu"])
         return reply["seconds"]
 
     def close(self):
         self.proc.stdin.close()
         self.proc.wait()
+
+
+def with_cpu_time(run, cpu: list[float]):
+    """``run`` (returning wall seconds) that also appends this process's CPU seconds to ``cpu``."""
+
+    def timed():
+        start = time.process_time()
+        seconds = run()
+        cpu.append(time.process_time() - start)
+        return seconds
+
+    return timed
 
 
 def make_venv(path: str) -> str:
@@ -217,7 +235,7 @@ def main():
         torch_names += [f"biotorch {r} {threads[0]}t" for r in BIOTORCH_RULES]
     results = {}
     for batch_size in map(int, args.batch_sizes.split(",")):
-        runs = {}
+        runs, cpu = {}, {}
         for name in list(torch_names):
             try:
                 worker(name, batch_size, args.warmup)
@@ -232,9 +250,13 @@ def main():
             batch = sharding.put_batch(batch_np, trainer.mesh)
             stepper = _timing.Stepper(resnet_rules.make_step(trainer, batch), state)
             stepper(args.warmup)
-            runs[f"wtfree {rule}"] = functools.partial(stepper, args.steps)
+            name = f"wtfree {rule}"
+            cpu[name] = []
+            runs[name] = with_cpu_time(functools.partial(stepper, args.steps), cpu[name])
+        worker.cpu.clear()  # the warm-up calls' CPU time is not timed
         t0 = time.perf_counter()
         times = _timing.interleaved(runs, args.repeats)
+        cpu.update(worker.cpu)
         print(f"\nbatch {batch_size}: timed in {time.perf_counter() - t0:.0f} s")
         torch_ref = min(
             (n for n in times if n.startswith("torch ")),
@@ -244,11 +266,13 @@ def main():
         rows = []
         for name, ts in times.items():
             per_step = _timing.median(ts) / args.steps
+            cpu_per_step = _timing.median(cpu[name]) / args.steps
             speed = _timing.median([1 / r for r in ratios[name]])  # images/s over torch's
             rows.append(
                 [
                     name,
                     f"{per_step * 1e3:.1f}",
+                    f"{cpu_per_step * 1e3:.1f}",
                     f"{_timing.spread(ts):.0%}",
                     f"{batch_size / per_step:.0f}",
                     f"{speed:.2f}",
@@ -257,13 +281,15 @@ def main():
             results[f"{name} @{batch_size}"] = {
                 "images_per_s": batch_size / per_step,
                 "x_torch": speed,
+                "cpu_ms_per_step": cpu_per_step * 1e3,
             }
         print(
             f"ResNet-20 train step, batch {batch_size} of 32x32x3 in memory: median of "
             f"{args.repeats} interleaved runs x {args.steps} steps; x torch = images/s over "
             f"{torch_ref}'s (per-repeat ratio, median)"
         )
-        print(_timing.table(["step", "ms/step", "spread", "images/s", "x torch"], rows))
+        header = ["step", "ms/step", "CPU ms/step", "spread", "images/s", "x torch"]
+        print(_timing.table(header, rows))
         print(f"load: {_timing.load_average()}")
     worker.close()
     print(f"after: {_timing.load_average()}")
