@@ -41,3 +41,28 @@ def test_mirror_batch_size_is_the_fewest_vectors_within_the_error(noise, fan_in,
     assert rules.mirror_error(0.5, fan_in, n, positions=positions, noise=noise) <= error
     if n > 1:
         assert rules.mirror_error(0.5, fan_in, n - 1, positions=positions, noise=noise) > error
+
+
+@pytest.mark.parametrize("noise", ["normal", "rademacher"])
+def test_mirror_error_of_a_valid_conv_averages_over_its_positions(noise):
+    """LeNet's conv_1 (5x5x6 -> 16 on 12x12, VALID: P = 64 positions): its patches overlap, yet
+    the simulated error is the closed form with n P vectors, so 6 noise images suffice where a
+    dense layer of the same d = 150 would need 377."""
+    batch, decay, steps, burn_in = 6, 0.5, 600, 40
+    w = jax.random.normal(jax.random.PRNGKey(0), (5, 5, 6, 16))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def step(b, rng):
+        shape = (batch, 12, 12, 6)
+        b = rules.mirror_update(
+            conv, w, b, rng, shape, learning_rate=decay / batch, decay=decay, noise=noise
+        )
+        return b, jnp.sum(jnp.square(b - w)) / jnp.sum(jnp.square(w))
+
+    _, errors = jax.lax.scan(step, w, jax.random.split(jax.random.PRNGKey(1), steps))
+    expected = rules.mirror_error(decay, 150, batch, positions=64, noise=noise)
+    assert float(jnp.mean(errors[burn_in:])) == pytest.approx(expected, rel=0.06)

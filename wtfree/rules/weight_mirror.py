@@ -65,10 +65,11 @@ def mirror_error(
     fourth moment :math:`\kappa` (normal 3, so :math:`d + 1`; Rademacher 1, so :math:`d - 1`).
     Each entry of :math:`(S - I)W` has variance :math:`(d + \kappa - 2)\|w\|^2 / n` per column
     w, and the exponential average keeps :math:`\lambda / (2 - \lambda)` of it. Exact for a
-    dense layer (P = 1; tests/test_wm_stability.py checks it by simulation). For a convolution,
-    d is the patch size (kernel height x width x input channels) and the Hebbian product averages
-    over P output positions, whose patches overlap: ``positions`` = P treats them as independent,
-    an approximation.
+    dense layer (P = 1). For a convolution, d is the patch size (kernel height x width x input
+    channels) and the Hebbian product averages over P output positions; their patches overlap,
+    yet for a VALID convolution the simulated error is this with n P vectors (LeNet's conv_1:
+    tests/test_mirror_batch.py checks both by simulation). With SAME padding the border
+    positions see zeros, and P overstates the average (not measured).
 
     Args:
       decay: :math:`\lambda`, in (0, 2).
