@@ -206,6 +206,9 @@ def main():
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed run")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--torch_layouts", default="nchw,nhwc", help="torch memory formats to time: nchw, nhwc"
+    )
     parser.add_argument("--biotorch", action="store_true", help="also time biotorch's rules")
     args = parser.parse_args()
     if not args.torch_python and not args.make_venv:
@@ -230,7 +233,8 @@ def main():
     )
     rules = args.rules.split(",")
     threads = [int(t) for t in args.torch_threads.split(",")]
-    torch_names = [f"torch {layout} {t}t" for t in threads for layout in ("nchw", "nhwc")]
+    layouts = args.torch_layouts.split(",")
+    torch_names = [f"torch {layout} {t}t" for t in threads for layout in layouts]
     if args.biotorch:
         torch_names += [f"biotorch {r} {threads[0]}t" for r in BIOTORCH_RULES]
     results = {}
