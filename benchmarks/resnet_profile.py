@@ -19,6 +19,7 @@ device), each jitted alone and timed interleaved with the others (benchmarks/_ti
   - ``xla``: ``lax.conv_general_dilated`` in NHWC / HWIO (layers.Conv's own);
   - ``nchw``: the same in NCHW / OIHW, with the inputs already in that layout;
   - ``split2``: the batch in two halves, one convolution each (what two simulated devices do);
+  - ``chunks32``: the batch in chunks of 32 examples, one convolution each;
   - ``im2col``: the 9 shifted (strided) slices of the padded input concatenated on the channel
     axis, times the kernel as a (9 C) x O matrix; its gradients by autodiff.
 
@@ -75,6 +76,11 @@ def conv_split2(x, w, stride):
     return jnp.concatenate([conv_xla(x[:half], w, stride), conv_xla(x[half:], w, stride)])
 
 
+def conv_chunks32(x, w, stride):
+    n = x.shape[0]
+    return jnp.concatenate([conv_xla(x[i : i + 32], w, stride) for i in range(0, n, 32)])
+
+
 def conv_im2col(x, w, stride):
     kh, kw, c, o = w.shape
     n, h, width, _ = x.shape
@@ -92,7 +98,13 @@ def conv_im2col(x, w, stride):
     return y.reshape(n, ho, wo, o)
 
 
-IMPLS = {"xla": conv_xla, "nchw": conv_nchw, "split2": conv_split2, "im2col": conv_im2col}
+IMPLS = {
+    "xla": conv_xla,
+    "nchw": conv_nchw,
+    "split2": conv_split2,
+    "chunks32": conv_chunks32,
+    "im2col": conv_im2col,
+}
 
 
 def conv_inputs(batch_size: int, rng: np.random.Generator):
