@@ -35,10 +35,9 @@ import _timing
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow_datasets as tfds
 from jax import lax
 
-from wtfree import rules, sharding
+from wtfree import data, rules, sharding
 from wtfree import trainer as trainer_lib
 
 # LeNet's mirrored layers on 28x28x1 (VALID convs, 2x2 pools): (name, input shape without the
@@ -92,7 +91,9 @@ def make_trainer(rule: str, noise: str):
     config = _timing.load_config("mnist_lenet", f"rule={rule}")
     config.mirror.noise = noise
     config.num_devices = 1
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+    # Random in-memory images under the config's dataset name: no data on disk needed.
+    synthetic = functools.partial(data.synthetic, config.dataset, 256)
+    with data.registered(config.dataset, synthetic):
         trainer = trainer_lib.Trainer(config)
         batch = next(iter(trainer.train_batches(0)))
     return trainer, sharding.put_batch(batch, trainer.mesh)

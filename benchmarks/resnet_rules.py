@@ -5,7 +5,7 @@ r"""Train-step time per learning rule for ResNet-20 on CIFAR-shaped batches, on 
     .venv/bin/python benchmarks/resnet_rules.py --mirror_every=10 --rules=bp,wm
 
 What it measures: configs/cifar10_resnet20.py (SGD with momentum and weight decay, the
-per-rule settings) at ``--batch_size`` on one device, built under ``tfds.testing.mock_data``
+per-rule settings) at ``--batch_size`` on one device, built on random in-memory images
 (no CIFAR-10 is read: one synthetic 32x32x3 batch of 10 classes stays on the device). Per rule,
 the median over ``--repeats`` runs of ``--steps`` train steps, after a warm-up, blocking every
 8 steps as the train loop does; rules interleaved in a fresh random order each repeat.
@@ -37,10 +37,9 @@ import time
 import _timing
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from loop import LoopRun
 
-from wtfree import sharding
+from wtfree import data, sharding
 from wtfree import steps as steps_lib
 from wtfree import trainer as trainer_lib
 
@@ -70,10 +69,10 @@ def make_config(
 
 
 def make_trainer(config) -> tuple[trainer_lib.Trainer, dict]:
-    """The Trainer (under mock CIFAR-10) and a fresh state, initialized with rbg keys."""
-    with tfds.testing.mock_data(
-        num_examples=max(2 * config.batch_size, 64), policy=tfds.testing.MockPolicy.USE_CODE
-    ):
+    """The Trainer (on random in-memory CIFAR-10 images) and a fresh state, initialized with rbg
+    keys."""
+    n = max(2 * config.batch_size, 64)
+    with data.registered(config.dataset, functools.partial(data.synthetic, config.dataset, n)):
         trainer = trainer_lib.Trainer(config)
     default = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", "rbg")

@@ -30,7 +30,7 @@ Hyperparameters:
   linearly scaled: Goyal et al. 2017, "Accurate, Large Minibatch SGD"), 5 warm-up epochs
   (Goyal et al. 2017), divided by 10 at epochs 30, 60 and 80 of 90 (He et al. 2016;
   Goyal et al. 2017). Random resized crops and flips for training, the central 224 of the
-  256-resized image for evaluation (data.py).
+  256-resized image for evaluation (wtfree/data/imagenet.py).
 - dfa: a tenth of bp's learning rate (on MNIST LeNet DFA diverges at bp's rate and trains at a
   tenth of it; not measured on ImageNet).
 - bfloat16 compute, float32 parameters, optimizer state and loss.

@@ -4,7 +4,7 @@ r"""Lillicrap et al. 2016, Fig. 1d-e: a 30-20-10 linear network learning a rando
     python -m wtfree.sweep configs/sweeps/lillicrap_linear.py --workdir runs/lillicrap_linear
 
 `rule` is bp, fa or shallow (any rule works). Inputs x ~ N(0, I_30), targets y* = T x with T's
-entries uniform in [-1, 1] (`wtfree.teacher`, 10000 training and 1000 test examples, drawn
+entries uniform in [-1, 1] (`wtfree.data.teacher`, 10000 training and 1000 test examples, drawn
 once from the dataset seed), squared error averaged over the 10 outputs, plain SGD, batch 10,
 learning rate 0.01 for every rule, W and B uniform in +-sqrt(3 * 0.1 / fan_in) (small, as the
 paper starts near 0). 5000 steps, 4-6 s per run on 2 CPU cores. Measured test NSE after 1000 /

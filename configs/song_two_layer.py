@@ -6,7 +6,7 @@ alignment under squared error, with and without L2 regularization.
     python -m wtfree.sweep configs/sweeps/song_l2.py --workdir runs/song_l2
 
 A 20-1000-1 tanh network (the second layer linear) fits n = 50 examples of a random linear
-teacher (`wtfree.teacher`: x ~ N(0, I_20), y* = T x, T uniform in [-1, 1]) by full-batch
+teacher (`wtfree.data.teacher`: x ~ N(0, I_20), y* = T x, T uniform in [-1, 1]) by full-batch
 gradient descent (batch = n, 5000 steps) on the squared error, learning rate 0.002 (0.05
 diverges: with one rate for both layers, the second layer's curvature, ~p, caps it), `rule=fa`
 in both layers: the first layer's error comes through the fixed random B of the second. L2

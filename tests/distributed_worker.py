@@ -37,10 +37,10 @@ def main() -> None:
             process_id=args.process_id,
         )
     import numpy as np
-    import tensorflow_datasets as tfds
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
+    from tests import fake_data
     from tests.test_train import tiny_config
     from wtfree import checkpoints, data, logs, loop
     from wtfree import trainer as trainer_lib
@@ -66,7 +66,7 @@ def main() -> None:
         log_every_steps=2,
         eval_every_steps=10**9,
     )
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+    with fake_data.synthetic_images(num_examples=256):
         loop.train_and_evaluate(config, args.workdir)
         trainer = trainer_lib.Trainer(config)
     with checkpoints.make_manager(args.workdir) as manager:

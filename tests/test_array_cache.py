@@ -53,7 +53,7 @@ def test_tfds_cache_holds_the_decoded_arrays_and_is_read_next_time(tmp_path, mon
     def no_decoding(source, chunk=8192):
         raise AssertionError("decoded although the cache was there")
 
-    monkeypatch.setattr(data, "read_source", no_decoding)
+    monkeypatch.setattr(data.tfds_arrays, "read_source", no_decoding)
     again = data.get_dataset("mnist", data_dir=str(tmp_path / "tfds"))
     for split, (images, labels) in slow.items():
         np.testing.assert_array_equal(again.arrays(split)[0], images)

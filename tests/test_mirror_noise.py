@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from tests import fake_data
 from tests.test_train import tiny_config
 from wtfree import config_lib, errors, layers, metrics, rules, workdir
 from wtfree import trainer as trainer_lib
@@ -18,8 +18,8 @@ FOURTH_MOMENT = {"normal": 3.0, "rademacher": 1.0, "uniform": 9 / 5}
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=64, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=64):
         yield
 
 

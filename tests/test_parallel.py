@@ -11,9 +11,9 @@ import time
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import traverse_util
 
+from tests import fake_data
 from tests.test_train import tiny_config
 from wtfree import layers, rules, sharding
 from wtfree import trainer as trainer_lib
@@ -23,8 +23,8 @@ WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=256):
         yield
 
 

@@ -64,12 +64,35 @@ def test_figure_panels_and_lines(tmp_path):
     ]
     accuracy, loss, weight_angle, delta_angle = fig.axes[:4]
     assert [line.get_label() for line in accuracy.get_lines()] == ["KP", "BP"]
+    assert [t.get_text() for t in accuracy.get_legend().get_texts()] == ["KP", "BP"]
     assert len(loss.get_lines()) == 4  # train and test, per run
     assert len(weight_angle.get_lines()) == 1  # bp has no B: no line
     assert len(delta_angle.get_lines()) == 2
     # Accuracy in percent, at the two test epochs.
     assert list(accuracy.get_lines()[0].get_xdata()) == [1.0, 1.5]
     assert list(accuracy.get_lines()[0].get_ydata()) == pytest.approx([90.0, 90.0])
+
+
+def test_only_measured_panels_on_a_grid_that_grows(tmp_path):
+    # bp measures no B: no angle(B, W) panels; no test accuracy yet: no accuracy panel.
+    lines = [line for line in synthetic_lines(with_weight_angle=False) if "test/loss" not in line]
+    fig = plot.make_figure([write_run(tmp_path / "bp", lines)])
+    assert titles(fig) == ["loss", "Dense_0: angle(δ, δ_bp)", "Dense_1: angle(δ, δ_bp)"]
+    assert "not measured" not in [t.get_text() for ax in fig.axes for t in ax.texts]
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["bp", "train", "test"]
+    # 20 layers: 42 panels on 4 columns, 11 rows, each panel at least 5 x 2.9 inches.
+    layers = tuple(f"block_{i}/conv" for i in range(20))
+    fig = plot.make_figure([write_run(tmp_path / "deep", synthetic_lines(layers=layers))])
+    assert len(fig.axes) == 42
+    assert fig.axes[0].get_gridspec().get_geometry() == (11, 4)
+    width, height = fig.get_size_inches()
+    assert width / 4 >= 5 and height / 11 >= 2.9
+    regression = [{"step": 5, "epoch": 1.0, "test/nse": 0.1, "train/loss": 0.2}]
+    fig = plot.make_figure([write_run(tmp_path / "teacher", regression)])
+    assert titles(fig) == ["test NSE (normalized squared error)", "loss"]
+    with pytest.raises(ValueError, match="nothing measured"):
+        plot.make_figure([write_run(tmp_path / "empty", [{"step": 0, "epoch": 0.0}])])
 
 
 def test_layers_natural_order_with_slashes(tmp_path):
@@ -204,6 +227,7 @@ def test_derived_names_are_safe_and_distinct():
             "entries 0 and 1 have the same name 'mnist_mlp'",
         ),
         ("import no_such_module\n", "ModuleNotFoundError"),
+        ("def get_sweep():\n    return {}['lr']\n", "get_sweep() raised KeyError: 'lr'"),
     ],
 )
 def test_bad_sweep_files(tmp_path, capsys, body, message):
@@ -212,7 +236,7 @@ def test_bad_sweep_files(tmp_path, capsys, body, message):
         sweep.load_sweep(path)
     assert sweep.main([path, "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err
+    assert err.count("\n") == 1 and message in err and path in err
 
 
 def test_missing_sweep_file(tmp_path, capsys):

@@ -6,16 +6,16 @@ import math
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from tests import fake_data
 from tests.test_train import interrupt_at_step_6, tiny_config
 from wtfree import checkpoints, logs, loop, metrics, optim, sharding, steps
 from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=256):
         yield
 
 

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import data, layers, logs, loop, metrics, plot, sharding, teacher
+from wtfree import data, layers, logs, loop, metrics, plot, sharding
 from wtfree import trainer as trainer_lib
+from wtfree.data import teacher
 from wtfree.models import mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +213,9 @@ def test_bad_teacher_options_are_one_clear_error(kwargs, match):
 
 
 def test_dataset_options_are_refused_for_other_datasets():
-    with pytest.raises(ValueError, match="only for linear_teacher"):
+    with pytest.raises(
+        ValueError, match="mnist takes no option inputs; allowed: data_dir, idx_dir"
+    ):
         data.get_dataset("mnist", inputs=3)
 
 

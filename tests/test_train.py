@@ -1,4 +1,4 @@
-"""End to end under tfds.testing.mock_data: every rule trains, logs, resumes and evaluates."""
+"""End to end on random in-memory data: every rule trains, logs, resumes and evaluates."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from tests import fake_data
 from wtfree import checkpoints, logs, loop, metrics, rules
 from wtfree import trainer as trainer_lib
 
@@ -40,8 +40,8 @@ def tiny_config(rule: str, **overrides):
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=256):
         yield
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tests.test_train import ROOT, tiny_config
-from wtfree import config_lib
+from wtfree import config_lib, data
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_a_run_needs_some_length():
     ],
 )
 def test_resources_are_checked(overrides, expected, tmp_path):
-    # Outside tfds.testing.mock_data: the conftest's TFDS_DATA_DIR holds nothing.
+    # No fake data: the conftest's TFDS_DATA_DIR holds nothing.
     config = tiny_config("bp", **overrides)
     with pytest.raises(ValueError) as info:
         config_lib.validate_resources(config)
@@ -112,3 +112,55 @@ def test_evaluate_cli_refuses_a_negative_step(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr == "wtfree.evaluate: error: --step=-3; allowed: >= 0\n"
+
+
+@pytest.mark.parametrize("name", ["lillicrap_linear", "song_two_layer"])
+def test_the_teacher_configs_pass_the_real_checks(name):
+    # No fake data here: linear_teacher is made in memory, and its source's check says so
+    # (TFDS once refused it as an unknown builder).
+    config = load_config(name)
+    config_lib.validate(config)
+    config_lib.validate_resources(config)
+    config.dataset_kwargs.inputs = 0
+    with pytest.raises(ValueError, match="linear_teacher: inputs=0; must be a positive integer"):
+        config_lib.validate_resources(config)
+
+
+def load_config(name):
+    import importlib
+
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+def test_a_registered_source_is_checked_and_made_with_the_config_options(tmp_path):
+    calls = []
+
+    def make(data_dir=None):
+        calls.append(("make", data_dir))
+        return data.synthetic("mnist", 32)
+
+    def check(data_dir=None):
+        calls.append(("check", data_dir))
+        if data_dir != str(tmp_path):
+            raise ValueError(f"mine: data_dir={data_dir!r}; allowed: {tmp_path}")
+
+    with data.registered("mine", make, check):
+        config = tiny_config("bp", dataset="mine")
+        config_lib.validate(config)
+        with pytest.raises(ValueError, match="mine: data_dir=None; allowed"):
+            config_lib.validate_resources(config)
+        config.data_dir = str(tmp_path)
+        config_lib.validate_resources(config)
+        assert data.get("mine", data_dir=str(tmp_path)).num_examples("train") == 32
+        with pytest.raises(ValueError, match="dataset mine takes no option idx_dir; allowed: data"):
+            data.get("mine", idx_dir=str(tmp_path))
+    assert calls == [("check", None), ("check", str(tmp_path)), ("make", str(tmp_path))]
+    with pytest.raises(ValueError, match="unknown dataset 'mine'"):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("No", False), ("1", True)])
+def test_bool_arguments_are_parsed_strictly(value, expected):
+    assert config_lib.parse_arg(f"runlocal={value}", runlocal=False).runlocal is expected
+    with pytest.raises(ValueError, match="runlocal='ture'; allowed: true, false, 1, 0, yes, no"):
+        config_lib.parse_arg("runlocal=ture", runlocal=False)

@@ -8,8 +8,8 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
+from tests import fake_data
 from tests.fake_gcs import fake_gcs
 from tests.test_train import tiny_config
 from wtfree import checkpoints, errors, logs, loop, workdir
@@ -17,8 +17,8 @@ from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
-def mock_mnist():
-    with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
+def synthetic_mnist():
+    with fake_data.synthetic_images(num_examples=256):
         yield
 
 

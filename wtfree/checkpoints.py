@@ -1,7 +1,9 @@
 """Orbax checkpoints: save, and restore the newest readable one, setting aside unreadable ones."""
 
 import contextlib
+import errno
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -25,15 +27,112 @@ class OtherLayout(errors.RunError):
 
 def make_manager(workdir: epath.PathLike, *, keep: int = 3) -> ocp.CheckpointManager:
     """A manager for ``workdir/checkpoints`` keeping the last ``keep`` checkpoints."""
+    _drop_disk_full_reports()
+    # A save that fails (a full disk) abandons TensorStore writes as a failed read abandons
+    # reads: their callbacks then meet orbax's closed event loop, which is not for a person.
+    _drop_abandoned_reads()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     return ocp.CheckpointManager(paths.as_path(workdir) / "checkpoints", options=options)
 
 
 def save(manager: ocp.CheckpointManager, state, *, force: bool = False) -> None:
-    """Saves ``state`` at its step (asynchronously; call ``manager.wait_until_finished``)."""
+    """Saves ``state`` at its step (asynchronously; call `finish` at the end).
+
+    Raises:
+      errors.StorageFull: this or the previous save ran out of space (`_disk_full`).
+    """
     step = int(jax.device_get(state["step"]))
     if manager.latest_step() != step:
-        manager.save(step, args=ocp.args.StandardSave(state), force=force)
+        with _out_of_space(manager, state):
+            manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def finish(manager: ocp.CheckpointManager, state=None) -> None:
+    """Waits for the saves under way and closes ``manager``; a save that ran out of space is
+    `_disk_full`'s one line (``state``, the state saved last, sizes it)."""
+    with _out_of_space(manager, state):
+        manager.wait_until_finished()
+    manager.close()
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether ``error`` or one it came from is "no space left on device" (ENOSPC), as Python
+    raises it or as TensorStore words it (``RESOURCE_EXHAUSTED ... [os_error_code='28']``)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "os_error_code='28'" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _nbytes(state) -> int:
+    return sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(state))
+
+
+def _free_bytes(directory: epath.Path) -> int | None:
+    if paths.is_url(directory):
+        return None
+    return shutil.disk_usage(directory).free
+
+
+@contextlib.contextmanager
+def _out_of_space(manager: ocp.CheckpointManager, state):
+    """Turns a save that ran out of space into `_disk_full`'s errors.StorageFull."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        # Orbax raises a failed save's error again at every later wait: say it once, as it was.
+        reported = getattr(e, "wtfree_reported", None) or _disk_full(manager, state)
+        e.wtfree_reported = reported
+        raise reported from None
+
+
+def _disk_full(manager: ocp.CheckpointManager, state) -> errors.StorageFull:
+    """Removes the partial writes of the failed save (orbax's ``<step>.orbax-checkpoint-tmp*``
+    directories) and says, in one line, which step failed, the bytes it needed, and the last
+    good checkpoint, from which a rerun resumes."""
+    directory = epath.Path(manager.directory)
+    failed = []
+    for partial in directory.glob("*.orbax-checkpoint-tmp*"):
+        failed.append(partial.name.split(".")[0])
+        if jax.process_index() == 0:
+            partial.rmtree(missing_ok=True)
+    manager.reload()
+    good = manager.latest_step()
+    needed = f"about {_nbytes(state):,} bytes" if state is not None else "more space"
+    free = _free_bytes(directory)
+    free_text = f", {free:,} free" if free is not None else ""
+    last = f"step {good}" if good is not None else "none (a rerun starts from scratch)"
+    if not failed and state is not None:  # it failed before writing anything
+        failed.append(str(int(jax.device_get(state["step"]))))
+    steps = ", ".join(sorted(set(failed), key=int)) or "?"
+    return errors.StorageFull(
+        f"no space left on device: the checkpoint at step {steps} in {directory} was not "
+        f"written (it needs {needed}{free_text}) and its partial write is removed; the last "
+        f"good checkpoint is {last}: free space, then rerun to resume from it"
+    )
+
+
+def _drop_disk_full_reports() -> None:
+    """Orbax logs a failed background save at ERROR with a traceback, once per thread involved
+    (three or four for one full disk), and asyncio reports each of its writes that failed the
+    same way when they are collected ("Task exception was never retrieved"). A full disk reaches
+    the user as `_disk_full`'s one line, so those reports, and only those, are not printed.
+    Idempotent."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if _not_disk_full not in logger.filters:
+            logger.addFilter(_not_disk_full)
+
+
+def _not_disk_full(record: logging.LogRecord) -> bool:
+    if record.exc_info and is_disk_full(record.exc_info[1]):
+        return False
+    return not is_disk_full(Exception(record.getMessage()))
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):

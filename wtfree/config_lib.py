@@ -5,6 +5,8 @@ import ml_collections
 from wtfree import data, layers, metrics, models, optim, rules
 from wtfree.models import resnet
 
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     """Parses a config file's ``:key=value,key=value`` argument over ``defaults``.
@@ -21,7 +23,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             )
         default = defaults[key]
         if isinstance(default, bool):
-            result[key] = value.lower() in ("1", "true", "yes")
+            if value.lower() not in _BOOLS:
+                raise ValueError(f"{key}={value!r}; allowed: {', '.join(_BOOLS)}")
+            result[key] = _BOOLS[value.lower()]
         elif default is None:
             result[key] = value
         else:
@@ -106,10 +110,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.get("output_rule"):
         rules.get(config.output_rule)
     models.get(config.model)
-    if config.dataset not in data.DATASETS:
+    if config.dataset not in data.names():
         raise ValueError(
-            f"unknown dataset {config.dataset!r}; "
-            f"known datasets: {', '.join(sorted(data.DATASETS))}"
+            f"unknown dataset {config.dataset!r}; known datasets: {', '.join(data.names())}"
         )
     metrics.get_loss(config.loss)
     optim.make_schedule(config.optimizer.schedule, 0.1, total_steps=10)
@@ -177,18 +180,11 @@ def _validate_data(config: ml_collections.ConfigDict) -> None:
         value = config.get(key)
         if value and not epath.Path(value).is_dir():
             raise ValueError(f"{key}={value!r} is not a directory; allowed: an existing directory")
-    if config.get("idx_dir"):
-        if config.dataset not in ("mnist", "fashion_mnist"):
-            raise ValueError(
-                f"idx_dir with dataset={config.dataset}; allowed: mnist, fashion_mnist"
-            )
-        for split in ("train", "test"):
-            for stem in data.IDX_FILES[split]:
-                names = [stem, stem + ".gz"]
-                if not any((epath.Path(config.idx_dir) / name).exists() for name in names):
-                    raise ValueError(
-                        f"idx_dir={config.idx_dir!r} holds no {stem}[.gz]; allowed: a directory "
-                        "with the four MNIST IDX files"
-                    )
-        return
-    data.check_prepared(config.dataset, config.get("data_dir"))
+    # Each source checks what it needs (TFDS's prepared files, IDX files, or nothing for data
+    # made in memory), with the options it will be made with.
+    data.check(
+        config.dataset,
+        data_dir=config.get("data_dir"),
+        idx_dir=config.get("idx_dir"),
+        **config.get("dataset_kwargs", {}),
+    )

@@ -14,6 +14,13 @@ class Diverged(RunError):
     exit_code = 3
 
 
+class StorageFull(RunError):
+    """The disk (or bucket quota) filled up while the run wrote to its workdir. Exit code 4:
+    free space and rerun; the run resumes from its last good checkpoint."""
+
+    exit_code = 4
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message``, at most ``limit`` characters (orbax's and
     tensorstore's messages run over many lines)."""

@@ -35,12 +35,32 @@ def _register_tensorboard_urls() -> None:
         record_writer.register_writer_factory(scheme, _EpathRecordFile)
 
 
+def kept_lines(text: str, resume_step: int) -> list[str]:
+    """The lines of a metrics.jsonl that a run resumed at ``resume_step`` keeps: those of steps
+    up to ``resume_step`` (the rerun logs every later step again; from scratch, ``resume_step``
+    0, it logs step 0 again too), each a whole JSON line (a line torn by a kill is dropped)."""
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and 0 < resume_step and record.get("step", 0) <= resume_step:
+            kept.append(line + "\n")
+    return kept
+
+
 class MetricWriter:
     """Writes ``{"step", "epoch", **values}`` lines to ``workdir/metrics.jsonl`` and the same
     scalars to TensorBoard event files (tensorboardX). Does nothing when not ``enabled`` (on
-    every process but the first)."""
+    every process but the first).
 
-    def __init__(self, workdir: epath.PathLike, *, enabled: bool = True):
+    A run resumed at ``resume_step`` first cuts what an earlier run logged after that step
+    (`kept_lines`), and TensorBoard hides the earlier run's events from ``resume_step + 1`` on
+    (tensorboardX's ``purge_step``), so every step appears once in both.
+    """
+
+    def __init__(self, workdir: epath.PathLike, *, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
         if not enabled:
             return
@@ -48,16 +68,23 @@ class MetricWriter:
         workdir.mkdir(parents=True, exist_ok=True)
         self._path = workdir / "metrics.jsonl"
         self._url = paths.is_url(workdir)
+        old = self._path.read_text() if self._path.exists() else ""
+        self._lines = kept_lines(old, resume_step)
+        if "".join(self._lines) != old:
+            paths.write_text(self._path, "".join(self._lines))
         if self._url:
             # Cloud objects cannot be appended to: keep the whole file and rewrite it.
-            self._lines = [self._path.read_text()] if self._path.exists() else []
             self._flushed = time.monotonic()
         else:
             self._jsonl = self._path.open("a")
         from tensorboardX import SummaryWriter
 
         _register_tensorboard_urls()
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        tensorboard = workdir / "tensorboard"
+        purge = resume_step + 1 if resume_step > 0 else 0
+        self._tb = SummaryWriter(
+            str(tensorboard), purge_step=purge if tensorboard.exists() else None
+        )
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -87,9 +114,19 @@ class MetricWriter:
 
 
 def read_metrics(workdir: epath.PathLike) -> list[dict]:
-    """The lines of ``workdir/metrics.jsonl``, parsed."""
-    text = (paths.as_path(workdir) / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    """The lines of ``workdir/metrics.jsonl``, parsed; a last line torn by a kill (the run
+    that resumes drops it) is left out."""
+    lines = (paths.as_path(workdir) / "metrics.jsonl").read_text().splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
 
 class Progress:

@@ -31,21 +31,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     # value it recorded, on every process, before the config is checked and used.
     workdir_lib.keep_recorded_defaults(config, workdir)
     changes, lock = _claim_workdir(config, workdir)
-    writer = manager = preemption = None
+    writer = manager = preemption = state = None
     try:
         trainer = Trainer(config)
         is_main = jax.process_index() == 0
         if is_main:
             workdir_lib.record_config(config, workdir, changes)
-        writer = logs_lib.MetricWriter(workdir, enabled=is_main)
         manager = checkpoints.make_manager(workdir, keep=config.get("keep_checkpoints", 3))
+        state = restore_or_init(trainer, manager)
+        # Logs of steps after the restored one (a run killed after its last checkpoint) are cut.
+        resume_step = int(jax.device_get(state["step"]))
+        writer = logs_lib.MetricWriter(workdir, enabled=is_main, resume_step=resume_step)
         preemption = preemption_lib.Preemption()
-        return _train_loop(trainer, manager, writer, preemption, lock)
+        return _train_loop(trainer, state, manager, writer, preemption, lock)
+    except OSError as e:  # metrics.jsonl, TensorBoard or config.json on a full disk
+        if not checkpoints.is_disk_full(e):
+            raise
+        good = manager.latest_step() if manager is not None else None
+        raise errors.StorageFull(
+            f"no space left on device in {workdir} ({errors.one_line(e)}); the last good "
+            f"checkpoint is step {good}: free space, then rerun to resume from it"
+        ) from None
     finally:
         # Whatever stops the run, the checkpoints already started are finished, never lost.
         if manager is not None:
-            manager.wait_until_finished()
-            manager.close()
+            checkpoints.finish(manager, state)
         if writer is not None:
             writer.close()
         if preemption is not None:
@@ -101,7 +111,7 @@ def _claim_workdir(config: ml_collections.ConfigDict, workdir: epath.Path):
     return changes, lock
 
 
-def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str, float]:
+def _train_loop(trainer: Trainer, state, manager, writer, preemption, lock) -> dict[str, float]:
     """Trains from the restored state to the end, acting at chunk ends (``dispatch.train_chunks``).
 
     Chunks end where the host acts: at multiples of ``steps_per_dispatch`` and at every step
@@ -111,7 +121,6 @@ def _train_loop(trainer: Trainer, manager, writer, preemption, lock) -> dict[str
     end after the signal (every process agrees on which), and checkpoints there.
     """
     config = trainer.config
-    state = restore_or_init(trainer, manager)
     step = int(jax.device_get(state["step"]))
     total, per_epoch = trainer.total_steps, trainer.steps_per_epoch
     if step >= total:

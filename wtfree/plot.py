@@ -3,12 +3,13 @@ r"""Plots runs' metrics.jsonl side by side: accuracy, loss, and per layer the al
     python -m wtfree.plot runs/mnist_bp runs/mnist_fa runs/mnist_kp --out report.png \
         [--labels bp,fa,kp]
 
-One figure file: test accuracy (for regression runs, which log no accuracy, the test NSE) and
-train/test loss against epochs on the first row, then a row
-per layer with the angle between B and W and the angle between the rule's error signal and
-backprop's (degrees). One line per run, labelled by its workdir's name unless ``--labels``;
-layers come from the keys, and a run without a key has no line in that panel. A run still
-training can be plotted; a resumed run's re-logged steps count once (the last value).
+One figure file: test accuracy (for regression runs, which log no accuracy, the test NSE),
+train/test loss, then per layer the angle between B and W and the angle between the rule's
+error signal and backprop's (degrees), against epochs. Only what some run measured gets a
+panel (bp has no B, DFA's B is not shaped like W, an input layer's B is never used), on a grid
+of 2 to 4 columns that grows with the panels. One line per run, labelled by its workdir's
+name unless ``--labels``; layers come from the keys. A run still training can be plotted; a
+resumed run's re-logged steps count once (the last value).
 """
 
 import argparse
@@ -76,11 +77,18 @@ def layers_of(runs: Sequence[dict[str, Series]]) -> list[str]:
     return sorted(found, key=_natural)
 
 
-def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) -> Figure:
-    """The figure of ``workdirs``: a row of accuracy and loss, then a row of angles per layer.
+def _grid(n: int) -> tuple[int, int]:
+    """(rows, columns) for ``n`` panels: 2 columns, up to 4 as the panels grow in number."""
+    cols = 1 if n == 1 else 2 if n <= 8 else 3 if n <= 18 else 4
+    return -(-n // cols), cols
 
-    Raises FileNotFoundError for a workdir without metrics.jsonl, ValueError for a bad file or
-    a ``labels`` of another length than ``workdirs``.
+
+def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) -> Figure:
+    """The figure of ``workdirs``: accuracy (or NSE) and loss, then the angles per layer, one
+    panel each; only panels some run measured, on a grid that grows with their number.
+
+    Raises FileNotFoundError for a workdir without metrics.jsonl, ValueError for a bad file,
+    runs that measured nothing, or a ``labels`` of another length than ``workdirs``.
     """
     if not workdirs:
         raise ValueError("no run directories given")
@@ -89,58 +97,69 @@ def make_figure(workdirs: Sequence[str], labels: Sequence[str] | None = None) ->
     if len(labels) != len(workdirs):
         raise ValueError(f"{len(labels)} labels for {len(workdirs)} runs")
     runs = [load_run(w) for w in workdirs]
-    layer_names = layers_of(runs)
 
-    nrows = 1 + len(layer_names)
-    fig, axes = plt.subplots(nrows, 2, figsize=(11, 3.2 * nrows), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    def measured(*keys: str) -> bool:
+        return any(key in run and key not in _MEANINGLESS for run in runs for key in keys)
 
-    def draw(ax, run, key, color, scale=1.0, **kwargs):
-        if key in run and key not in _MEANINGLESS:
-            epochs, values = run[key]
-            ax.plot(epochs, [scale * v for v in values], color=color, **kwargs)
-
-    accuracy, loss = axes[0]
+    # (title, [(key, scale, style)], axes settings), each a panel where some run has a key.
+    panels = []
     # Regression runs (squared error on a teacher) log the normalized squared error instead.
-    regression = not any("test/accuracy" in run for run in runs)
-    regression = regression and any("test/nse" in run for run in runs)
-    for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
-        color = colors[i % len(colors)]
-        if regression:
-            draw(accuracy, run, "test/nse", color, label=label, linewidth=1.0)
-        else:
-            draw(accuracy, run, "test/accuracy", color, scale=100.0, label=label, marker=".")
-        draw(loss, run, "train/loss", color, linewidth=1.0)
-        draw(loss, run, "test/loss", color, linestyle="--", marker=".")
-        for row, layer in enumerate(layer_names, start=1):
-            for col, (kind, _) in enumerate(ANGLES):
-                draw(axes[row][col], run, f"align/{kind}/{layer}", color, linewidth=1.0)
+    if measured("test/accuracy"):
+        style = {"marker": "."}
+        panels.append(("test accuracy", [("test/accuracy", 100.0, style)], {"ylabel": "%"}))
+    elif measured("test/nse"):
+        style = {"linewidth": 1.0}
+        title = "test NSE (normalized squared error)"
+        panels.append((title, [("test/nse", 1.0, style)], {"yscale": "log"}))
+    loss_keys = [("train/loss", 1.0, {"linewidth": 1.0})]
+    loss_keys.append(("test/loss", 1.0, {"linestyle": "--", "marker": "."}))
+    if measured("train/loss", "test/loss"):
+        panels.append(("loss", loss_keys, {"yscale": "log"}))
+    for layer in layers_of(runs):
+        for kind, title in ANGLES:
+            key = f"align/{kind}/{layer}"
+            if measured(key):
+                style = {"linewidth": 1.0}
+                panels.append((f"{layer}: {title}", [(key, 1.0, style)], {"ylabel": "degrees"}))
+    if not panels:
+        raise ValueError(f"nothing measured to plot in {', '.join(map(str, workdirs))}")
 
-    if regression:
-        accuracy.set(title="test NSE (normalized squared error)", yscale="log")
-    else:
-        accuracy.set(title="test accuracy", ylabel="%")
-    accuracy.legend(fontsize="small")
-    loss.set(title="loss", yscale="log")
-    loss.legend(
-        handles=[
+    nrows, ncols = _grid(len(panels))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.5 * ncols, 3.2 * nrows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (title, keys, settings) in zip(axes.flat, panels, strict=False):
+        for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+            for j, (key, scale, style) in enumerate(keys):
+                if key in run:
+                    epochs, values = run[key]
+                    line_label = label if j == 0 else None
+                    ax.plot(
+                        epochs,
+                        [scale * v for v in values],
+                        color=colors[i % len(colors)],
+                        label=line_label,
+                        **style,
+                    )
+        ax.set(title=title, xlabel="epoch", **settings)
+        ax.title.set_fontsize("small" if len(panels) > 8 else "medium")
+        if settings.get("ylabel") == "degrees":
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    # The runs' legend on the first panel; train / test line styles on the loss panel.
+    first = axes.flat[0]
+    handles = first.get_legend_handles_labels()[0]
+    if panels[0][0] != "loss":
+        first.legend(fontsize="small")
+        handles = []
+    titles = [title for title, _, _ in panels]
+    if "loss" in titles:
+        handles += [
             Line2D([], [], color="gray", label="train"),
             Line2D([], [], color="gray", linestyle="--", label="test"),
-        ],
-        fontsize="small",
-    )
-    for row, layer in enumerate(layer_names, start=1):
-        for col, (_, title) in enumerate(ANGLES):
-            ax = axes[row][col]
-            ax.set(title=f"{layer}: {title}", ylabel="degrees")
-            ax.set_ylim(bottom=0)
-            if not ax.get_lines():
-                # Left out on purpose (an input layer's unused B, the logits' error), or a rule
-                # without that angle (DFA's B is not shaped like W): say so, not a blank panel.
-                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center")
-    for ax in axes.flat:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
+        ]
+        axes.flat[titles.index("loss")].legend(handles=handles, fontsize="small")
+    for ax in axes.flat[len(panels) :]:
+        ax.remove()
     fig.tight_layout()
     return fig
 

@@ -102,7 +102,10 @@ def load_sweep(path: str) -> list[Run]:
         raise SweepError(f"{path}: {type(e).__name__}: {e}") from e
     if not callable(getattr(module, "get_sweep", None)):
         raise SweepError(f"{path} defines no get_sweep()")
-    entries = module.get_sweep()
+    try:
+        entries = module.get_sweep()
+    except Exception as e:  # the file's own error, whatever it is
+        raise SweepError(f"{path}: get_sweep() raised {type(e).__name__}: {e}") from e
     if not isinstance(entries, list | tuple) or not entries:
         raise SweepError(f"{path}: get_sweep() must return a non-empty list of dicts")
     try:

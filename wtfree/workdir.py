@@ -228,8 +228,16 @@ class Lock:
         return time.time() - float(holder.get("time", 0)) > self.stale_after
 
     def acquire(self) -> None:
-        """Takes the lock, or raises errors.RunError (one line) when another run holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Takes the lock, or raises errors.RunError (one line) when another run holds it or
+        the workdir cannot be a directory."""
+        workdir = self.path.parent
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise errors.RunError(
+                f"workdir {str(workdir)!r} is a file, or lies under one; allowed: a directory "
+                "(new, or a wtfree workdir)"
+            ) from None
         holder = self._read()
         if not self._free(holder):
             raise errors.RunError(

@@ -6,12 +6,12 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from wtfree import data
+from wtfree.data import core
 
 NAME = "linear_teacher"
 
 
-class LinearTeacher(data.Dataset):
+class LinearTeacher(core.Dataset):
     r"""Inputs :math:`x \sim \mathcal{N}(0, I_d)` and targets :math:`y^* = T x + \sigma\epsilon`.
 
     T (``outputs x inputs``) has entries uniform in :math:`[-1, 1]`, as in Lillicrap et al.'s
@@ -49,10 +49,7 @@ class LinearTeacher(data.Dataset):
                 raise ValueError(f"{NAME}: {key}={value!r}; must be a positive integer")
         if noise_std < 0:
             raise ValueError(f"{NAME}: noise_std={noise_std!r}; must be >= 0")
-        # Not Dataset.__init__: there is no TFDS spec to look up.
-        self.name = NAME
-        self.num_classes = outputs
-        self.image_shape = (inputs,)
+        super().__init__(NAME, core.Spec(outputs, (inputs,)))
         rng = np.random.default_rng([seed, 0x7EAC])
         self.teacher = rng.uniform(-1.0, 1.0, (outputs, inputs))
         self._arrays = {
@@ -82,10 +79,10 @@ class LinearTeacher(data.Dataset):
         process_index: int = 0,
         process_count: int = 1,
         augment: bool = False,
-    ) -> Iterator[data.Batch]:
+    ) -> Iterator[core.Batch]:
         if augment:
             raise ValueError(f"augment=True is not implemented for {NAME}")
-        local = data._local_batch_size(global_batch_size, process_index, process_count)
+        local = core.local_batch_size(global_batch_size, process_index, process_count)
         x, y = self.arrays("train")
         if global_batch_size > len(x):
             raise ValueError(f"global_batch_size={global_batch_size} > {len(x)} examples")
@@ -94,7 +91,7 @@ class LinearTeacher(data.Dataset):
     @staticmethod
     def _iterate(x, y, global_batch_size, seed, step, process_index, local):
         while True:
-            idx = data._train_step_indices(
+            idx = core.train_step_indices(
                 len(x), global_batch_size, seed, step, process_index, local
             )
             yield {"image": x[idx], "label": y[idx]}
@@ -106,9 +103,25 @@ class LinearTeacher(data.Dataset):
         global_batch_size: int = 1024,
         process_index: int = 0,
         process_count: int = 1,
-    ) -> Iterator[data.Batch]:
-        local = data._local_batch_size(global_batch_size, process_index, process_count)
+    ) -> Iterator[core.Batch]:
+        local = core.local_batch_size(global_batch_size, process_index, process_count)
         x, y = self.arrays(split)
-        for idx, mask in data._eval_positions(len(x), global_batch_size, process_index, local):
+        for idx, mask in core.eval_positions(len(x), global_batch_size, process_index, local):
             keep = mask[:, None] > 0
             yield {"image": x[idx] * keep, "label": y[idx] * keep, "mask": mask}
+
+
+def make(**options) -> LinearTeacher:
+    """`LinearTeacher` from the config's ``dataset_kwargs``; a wrong option is one line."""
+    try:
+        return LinearTeacher(**options)
+    except TypeError as e:  # an unknown option
+        raise ValueError(f"{NAME}: {e}") from None
+
+
+def check(**options) -> None:
+    """The options' names and values (the data is made in memory: nothing else to check)."""
+    make(**options)
+
+
+core.register(NAME, make, check)
