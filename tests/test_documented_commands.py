@@ -1,0 +1,82 @@
+"""Every command in README.md, docs/ and the configs' docstrings runs as written, on real data.
+
+The commands are found when the tests are collected (tests/documented_commands.py), so a command
+added to the docs is tested without being listed here. They run shortened by flags only, outside
+any mock, on the data this machine has: MNIST's offline copy and Debian's dataset-fashion-mnist
+(.ci/run prepares both). A command that needs what no test machine has (ImageNet, CIFAR-10, a
+cluster) must stop at once with one line naming it, exit 2: `documented_commands.UNAVAILABLE`.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests import documented_commands
+
+COMMANDS = documented_commands.discover()
+_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _selected(session) -> list[str]:
+    return [
+        item.callspec.params["command"].id
+        for item in session.items
+        if getattr(item, "originalname", None) == "test_documented_command"
+    ]
+
+
+@pytest.fixture(scope="session")
+def results(request, tmp_path_factory):
+    """Runs the selected commands once, in one process, in the order the docs give them."""
+    tmp = tmp_path_factory.mktemp("documented_commands")
+    env = dict(os.environ)
+    if env.get("TFDS_DATA_DIR") == "/nonexistent-tfds-data-dir":  # conftest's, for unit tests
+        del env["TFDS_DATA_DIR"]
+    # One compile for the programs that runs share (the same model and rule, another seed).
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    path = tmp / "results.json"
+    subprocess.run(
+        [sys.executable, "-m", "tests.documented_commands", str(path), str(tmp)]
+        + _selected(request.session),
+        cwd=documented_commands.ROOT,
+        env=env,
+        check=False,
+    )
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_commands_are_found():
+    """The discovery finds the docs' commands (a parser that finds nothing tests nothing)."""
+    programs = {documented_commands._program(c.argv) for c in COMMANDS}
+    assert {"train.py", "-m wtfree.sweep", "-m wtfree.plot", "make"} <= programs
+    sources = {c.path.split("/")[0] for c in COMMANDS}
+    assert {"README.md", "configs"} <= sources
+    assert all(c.argv[1:2] != ("test",) for c in COMMANDS if c.argv[0] == "make")
+
+
+def test_the_data_is_here():
+    """The data the commands train on: without it every command below fails for that reason."""
+    assert os.path.isdir(_FASHION_MNIST), (
+        f"{_FASHION_MNIST} is missing: apt-get install -y dataset-fashion-mnist (.ci/run does)"
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=[c.id for c in COMMANDS])
+def test_documented_command(command, results):
+    where = f"{command.path}:{command.line}"
+    assert command.id in results, f"{where}: `{command.text}` did not run (the runner died?)"
+    result = results[command.id]
+    kind, code, last_line = command.expected
+    context = (
+        f"{where}: `{command.text}` ({kind}) exited {result['exit']}, expected {code}; "
+        f"last lines:\n{result['tail'][-2500:]}"
+    )
+    assert result["exit"] == code, context
+    assert not result["traceback"], context
+    if last_line is not None:
+        assert re.search(last_line, result["last_line"]), context
