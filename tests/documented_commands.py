@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -46,7 +47,9 @@ SHORTEN = {
         "--config.mirror.pretrain_batches=1",
     ),
     "experiments/wm_stability.py": ("--steps=2",),
-    "experiments/alignment_curvature.py": ("--iters=2",),
+    # Its every (rule, layer, mode) compiles the net's gradient: 6 minutes for ResNet-8 here,
+    # 20 s for the seed MLP, a config it documents (configs/<name>.py).
+    "experiments/alignment_curvature.py": ("--iters=2", "--config=mnist_mlp"),
     "benchmarks/*.py": ("--help",),  # a benchmark's smallest size is minutes on this machine
 }
 
@@ -61,9 +64,9 @@ UNAVAILABLE = (
     ("CIFAR-10", r"cifar10", r"^train\.py: error: dataset=cifar10 is not prepared"),
 )
 
-# Where a plot's run is not made by an earlier command, a tiny one stands in (plot reads only
-# metrics.jsonl): the seed MLP, shortened as every train.py command.
-TINY_RUN = ("train.py", "--config=configs/mnist_mlp.py:rule=bp")
+# Where a plot's run is not made by an earlier command, a copy of one tiny run stands in (plot
+# reads only metrics.jsonl): the seed MLP, shortened as every train.py command.
+TINY_RUN = ("train.py", "--config=configs/mnist_mlp.py:rule=bp", *SHORTEN["train.py"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,6 +293,22 @@ def prepare_argv(argv, tmp: str) -> list[str]:
     return out + list(_shorten_flags(_program(argv)))
 
 
+def _shell_script(loop: str, tmp: str) -> str:
+    """A background loop as bash runs it, its commands prepared as ``prepare_argv`` does (the
+    loop's variables left for bash to set), each job's exit code kept."""
+    first, *body, last = loop.splitlines()
+    lines = [first]
+    for line in body:
+        words = _split(_OPTIONAL.sub("", line))
+        background = words[-1:] == ["&"]
+        argv = prepare_argv(words[:-1] if background else words, tmp) if words else []
+        lines.append(" ".join(f'"{w}"' if "$" in w else shlex.quote(w) for w in argv))
+        lines[-1] += " &" if background else ""
+    # bash's `wait` returns 0 whatever its jobs returned: wait for each, keep a failure.
+    lines.append(re.sub(r"\bwait\s*$", 'for job in $(jobs -p); do wait "$job" || exit; done', last))
+    return "\n".join(lines)
+
+
 class _Capture:
     """This process's stdout and stderr (the file descriptors) into a file, for a while."""
 
@@ -314,6 +333,10 @@ class _Capture:
         self._file.close()
 
 
+def _slug(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", path)
+
+
 def _exit_code(code) -> int:
     if code is None:
         return 0
@@ -325,6 +348,7 @@ class Runner:
 
     def __init__(self):
         self.tmp = ""  # where the current command's file keeps its runs
+        self.tiny = ""  # TINY_RUN's workdir
         self.log = os.devnull  # the current command's log
         self.makers: dict[str, list[str]] = {}  # workdir -> the train argv that makes it
         self.notes: list[str] = []
@@ -363,9 +387,9 @@ class Runner:
                 self.ensure_run(word, tiny=True)
         return plot.main(args)
 
-    def sweep(self, argv: list[str]) -> int:
-        """The sweep's own check and list of runs (``--dry_run``), then its first run,
-        shortened; later commands that read a run of it get it made then."""
+    def register_sweep(self, argv: list[str]) -> tuple[int, list[list[str]]]:
+        """The sweep's own check and list of runs (``--dry_run``); each run's workdir is
+        remembered as made by its train command."""
         from wtfree import sweep
 
         listing = os.path.join(self.tmp, "sweep_listing.txt")
@@ -376,14 +400,20 @@ class Runner:
         os.remove(listing)
         with open(self.log, "a", encoding="utf-8") as f:
             f.write(printed)
-        if code != 0:
-            return code
         runs = [shlex.split(line) for line in printed.splitlines() if "train.py" in line]
         for run in runs:
             workdir = next(w.partition("=")[2] for w in run if w.startswith("--workdir="))
             self.makers[workdir] = [*run, *SHORTEN["train.py"]]
+        return code, runs
+
+    def sweep(self, argv: list[str]) -> int:
+        """The sweep's dry run, then its first run, shortened; a later command that reads
+        another of its runs gets it made then."""
+        code, runs = self.register_sweep(argv)
+        if code != 0:
+            return code
         self.say(f"the sweep lists {len(runs)} runs; running the first, shortened")
-        return self.dispatch(runs[0] + list(SHORTEN["train.py"])) if runs else 1
+        return self.dispatch([*runs[0], *SHORTEN["train.py"]]) if runs else 1
 
     def ensure_run(self, workdir: str, tiny: bool = False) -> None:
         """Makes ``workdir`` (or the runs matching it) if no earlier command did."""
@@ -395,9 +425,10 @@ class Runner:
             self.dispatch(self.makers[matches[0]])
             return
         if "*" not in workdir:
-            argv = [sys.executable, *TINY_RUN, f"--workdir={workdir}", *SHORTEN["train.py"]]
-            self.say(f"{workdir}: a tiny run stands in (plot reads its metrics.jsonl)")
-            self.dispatch(argv)
+            if not os.path.exists(self.tiny):
+                self.dispatch([sys.executable, *TINY_RUN, f"--workdir={self.tiny}"])
+            self.say(f"{workdir}: a copy of a tiny run stands in (plot reads its metrics.jsonl)")
+            shutil.copytree(self.tiny, workdir)
 
     def subprocess(self, argv: list[str]) -> int:
         if _program(argv).startswith(("experiments/", "-m wtfree.evaluate")):
@@ -439,8 +470,10 @@ class Runner:
         self.say(f"$ {shlex.join(argv)}")
         if program == "make":
             return self.make(argv)
+        # jax.distributed.initialize() must come before anything else JAX does: its own process.
+        alone = any(w.startswith(("--distributed", "--coordinator_address")) for w in argv)
         with _Capture(self.log):
-            if program == "train.py":
+            if program == "train.py" and not alone:
                 workdir = next((w for w in argv if w.startswith("--workdir=")), "=")
                 self.makers.setdefault(workdir.partition("=")[2], argv)
                 return self.train(argv)
@@ -453,13 +486,11 @@ class Runner:
     def run(self, command: Command, tmp: str) -> int:
         # Each file's commands share one directory: a file's plot reads its own sweep's runs,
         # and two files that both use runs/x cannot disagree about x.
-        self.tmp = os.path.join(tmp, re.sub(r"[^A-Za-z0-9_.-]", "_", command.path))
+        self.tmp = os.path.join(tmp, _slug(command.path))
+        self.tiny = os.path.join(tmp, "tiny_run")
         os.makedirs(self.tmp, exist_ok=True)
         if command.shell:
-            words = _split(_OPTIONAL.sub("", command.text.splitlines()[1]))
-            body = shlex.join(prepare_argv(words, self.tmp))
-            lines = command.text.splitlines()
-            script = "\n".join([lines[0], body, *lines[2:]])
+            script = _shell_script(command.text, self.tmp)
             self.say(f"$ {script}")
             with open(self.log, "ab") as f:
                 return subprocess.run(
@@ -475,11 +506,24 @@ def _last_line(path: str) -> str:
     return lines[-1] if lines else ""
 
 
+def _result(code, log: str, start: float) -> dict:
+    with open(log, encoding="utf-8", errors="replace") as f:
+        output = f.read()
+    return {
+        "exit": code,
+        "seconds": round(time.perf_counter() - start, 1),
+        "last_line": _last_line(log),
+        "traceback": "Traceback (most recent call last)" in output,
+        "tail": output[-4000:],
+    }
+
+
 def main(argv: list[str]) -> int:
     results_path, tmp, *ids = argv
     wanted = set(ids)
     results = {}
     runner = Runner()
+    passed: dict[tuple[str, ...], str] = {}  # a command as written -> the first id that passed
     for command in discover():
         if wanted and command.id not in wanted:
             continue
@@ -487,6 +531,18 @@ def main(argv: list[str]) -> int:
         os.makedirs(os.path.dirname(log), exist_ok=True)
         runner.log = log
         start = time.perf_counter()
+        # The same train or sweep command in another file: running it again proves nothing
+        # (a later command of this file that reads its runs gets them made).
+        same = ("python", *command.argv[1:]) if not command.shell else (command.text,)
+        if same in passed and _program(command.argv) in ("train.py", "-m wtfree.sweep"):
+            runner.say(f"the same command as {passed[same]}, which passed")
+            code = 0
+            if _program(command.argv) == "-m wtfree.sweep":  # its runs, for later commands
+                runner.tmp = os.path.join(tmp, "work", _slug(command.path))
+                os.makedirs(runner.tmp, exist_ok=True)
+                runner.register_sweep(prepare_argv(command.argv, runner.tmp))
+            results[command.id] = _result(0, log, start)
+            continue
         try:
             code = runner.run(command, os.path.join(tmp, "work"))
         except Exception as e:  # a traceback in this process: the command failed
@@ -495,15 +551,9 @@ def main(argv: list[str]) -> int:
             with open(log, "a", encoding="utf-8") as f:
                 traceback.print_exc(file=f)
             code = f"{type(e).__name__}: {e}"
-        with open(log, encoding="utf-8", errors="replace") as f:
-            output = f.read()
-        results[command.id] = {
-            "exit": code,
-            "seconds": round(time.perf_counter() - start, 1),
-            "last_line": _last_line(log),
-            "traceback": "Traceback (most recent call last)" in output,
-            "tail": output[-4000:],
-        }
+        results[command.id] = _result(code, log, start)
+        if code == 0 and not results[command.id]["traceback"]:
+            passed.setdefault(same, command.id)
         with open(results_path, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
     return 0

