@@ -81,7 +81,7 @@ class Command:
 
     @property
     def id(self) -> str:
-        words = " ".join(self.argv) if not self.shell else self.text
+        words = " ".join(self.argv) if not self.shell else " ".join(self.text.splitlines())
         words = re.sub(r"^\S*python3? ", "", words)
         return f"{self.path}:{self.line}: {words}"
 
@@ -384,6 +384,14 @@ class Runner:
         args = argv[3:]
         for i, word in enumerate(args):
             if word.startswith(self.tmp) and (i == 0 or args[i - 1] != "--out"):
+                # A run in a sweep's workdir that the sweep does not list: a name the docs got
+                # wrong (a copy of the tiny run would hide it).
+                parent = os.path.dirname(word)
+                listed = [w for w in self.makers if os.path.dirname(w) == parent]
+                if listed and not any(fnmatch.fnmatch(w, word) for w in listed):
+                    names = ", ".join(sorted(os.path.basename(w) for w in listed))
+                    print(f"wtfree.plot: no run {word} in the sweep's list: {names}", flush=True)
+                    return 2
                 self.ensure_run(word, tiny=True)
         return plot.main(args)
 
