@@ -381,19 +381,27 @@ class Runner:
     def plot(self, argv: list[str]) -> int:
         from wtfree import plot
 
-        args = argv[3:]
+        args, runs = argv[3:], []
         for i, word in enumerate(args):
-            if word.startswith(self.tmp) and (i == 0 or args[i - 1] != "--out"):
+            if not word.startswith(self.tmp) or (i > 0 and args[i - 1] == "--out"):
+                runs.append(word)
+                continue
+            paths = [word]
+            if "*" in word:  # as bash would expand it had the sweep made all its runs
+                made = {w for w in self.makers if fnmatch.fnmatch(w, word)}
+                paths = sorted(made | set(glob.glob(word))) or [word]
+            for path in paths:
                 # A run in a sweep's workdir that the sweep does not list: a name the docs got
                 # wrong (a copy of the tiny run would hide it).
-                parent = os.path.dirname(word)
+                parent = os.path.dirname(path)
                 listed = [w for w in self.makers if os.path.dirname(w) == parent]
-                if listed and not any(fnmatch.fnmatch(w, word) for w in listed):
+                if listed and path not in listed:
                     names = ", ".join(sorted(os.path.basename(w) for w in listed))
-                    print(f"wtfree.plot: no run {word} in the sweep's list: {names}", flush=True)
+                    print(f"wtfree.plot: no run {path} in the sweep's list: {names}", flush=True)
                     return 2
-                self.ensure_run(word, tiny=True)
-        return plot.main(args)
+                self.ensure_run(path, tiny=True)
+            runs += paths
+        return plot.main(runs)
 
     def register_sweep(self, argv: list[str]) -> tuple[int, list[list[str]]]:
         """The sweep's own check and list of runs (``--dry_run``); each run's workdir is
