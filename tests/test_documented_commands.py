@@ -93,3 +93,62 @@ def test_documented_command(command, results):
     assert not result["traceback"], context
     if last_line is not None:
         assert re.search(last_line, result["last_line"]), context
+
+
+def test_the_parser_finds_what_a_reader_would_run():
+    """Fenced and indented blocks, continuations, comments, optional parts, loops, and lines
+    that are not commands; each with the line it starts on."""
+    text = "\n".join(
+        [
+            "Intro `python inline.py` is not a block.",  # 1
+            "",
+            "```sh",
+            "python train.py --config=a.py \\",  # 4
+            "    --workdir=runs/a  # trailing comment",
+            "make test",
+            "```",
+            "",
+            "    .venv/bin/python -m wtfree.evaluate --workdir runs/a [--step 9]",  # 9
+            "    for r in bp fa; do",
+            "      python train.py --config=b.py:rule=$r --workdir=runs/$r",  # 11
+            "    done",
+            "    gcloud compute ssh x",
+            "",
+            "    make demo",  # 15
+        ]
+    )
+    found = documented_commands.commands_in("X.md", text)
+    assert [(c.line, c.argv) for c in found] == [
+        (4, ("python", "train.py", "--config=a.py", "--workdir=runs/a")),
+        (9, (".venv/bin/python", "-m", "wtfree.evaluate", "--workdir", "runs/a")),
+        (11, ("python", "train.py", "--config=b.py:rule=bp", "--workdir=runs/bp")),
+        (11, ("python", "train.py", "--config=b.py:rule=fa", "--workdir=runs/fa")),
+        (15, ("make", "demo")),
+    ]
+    docstring = documented_commands.commands_in("c.py", "Title.\n\n    python x.py\n", 1, False)
+    assert [(c.line, c.argv) for c in docstring] == [(3, ("python", "x.py"))]
+
+
+def test_outputs_move_under_the_temporary_directory_and_runs_are_shortened():
+    argv = documented_commands.prepare_argv(
+        ("python", "train.py", "--config=c.py", "--workdir=runs/x", "--config.init_from=/abs/y"),
+        "/tmp/t",
+    )
+    assert argv[1:5] == [
+        "train.py",
+        "--config=c.py",
+        "--workdir=/tmp/t/runs/x",
+        "--config.init_from=/tmp/t/abs/y",
+    ]
+    assert argv[5:] == list(documented_commands.SHORTEN["train.py"])
+    plot = documented_commands.prepare_argv(
+        ("python", "-m", "wtfree.plot", "runs/s/{a,b}", "--out", "docs/f.png"), "/tmp/t"
+    )
+    assert plot[1:] == [
+        "-m",
+        "wtfree.plot",
+        "/tmp/t/runs/s/a",
+        "/tmp/t/runs/s/b",
+        "--out",
+        "/tmp/t/docs/f.png",
+    ]
