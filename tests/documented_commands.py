@@ -28,6 +28,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ _PYTHONS = ("python", "python3", ".venv/bin/python")
 _LOOP = re.compile(r"for (\w+) in ([^;]+); do$")
 _OPTIONAL = re.compile(r"\s*\[[^\[\]]*\]")
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+
+SUBPROCESS_TIMEOUT = 600  # seconds
 
 # Appended to every command of a program to make it short. Nothing else about a command changes.
 SHORTEN = {
@@ -333,6 +336,20 @@ class _Capture:
         self._file.close()
 
 
+def _run_logged(argv: list[str], log: str) -> int:
+    """Runs ``argv`` with its output appended to ``log``; one that hangs (a cluster that never
+    answers) is killed, with its children, after ``SUBPROCESS_TIMEOUT`` seconds: exit 124."""
+    with open(log, "ab") as f:
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=f, start_new_session=True)
+        try:
+            return process.wait(timeout=SUBPROCESS_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            f.write(f"[documented_commands] killed after {SUBPROCESS_TIMEOUT} s\n".encode())
+            return 124
+
+
 def _slug(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", path)
 
@@ -455,8 +472,7 @@ class Runner:
                 workdir = argv[argv.index("--workdir") + 1] if "--workdir" in argv else None
                 if workdir:
                     self.ensure_run(workdir)
-        with open(self.log, "ab") as f:
-            return subprocess.run(argv, cwd=ROOT, stdout=f, stderr=f, check=False).returncode
+        return _run_logged(argv, self.log)
 
     def make(self, argv: list[str]) -> int:
         """A make target: its recipe (``make -n``), each line as a documented command."""
@@ -508,10 +524,7 @@ class Runner:
         if command.shell:
             script = _shell_script(command.text, self.tmp)
             self.say(f"$ {script}")
-            with open(self.log, "ab") as f:
-                return subprocess.run(
-                    ["bash", "-c", script], cwd=ROOT, stdout=f, stderr=f, check=False
-                ).returncode
+            return _run_logged(["bash", "-c", script], self.log)
         return self.dispatch(prepare_argv(command.argv, self.tmp))
 
 
