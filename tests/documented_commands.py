@@ -368,6 +368,7 @@ class Runner:
         self.tiny = ""  # TINY_RUN's workdir
         self.log = os.devnull  # the current command's log
         self.makers: dict[str, list[str]] = {}  # workdir -> the train argv that makes it
+        self.swept: set[str] = set()  # the workdirs of the sweeps' runs
         self.notes: list[str] = []
 
     def say(self, message: str) -> None:
@@ -411,7 +412,7 @@ class Runner:
                 # A run in a sweep's workdir that the sweep does not list: a name the docs got
                 # wrong (a copy of the tiny run would hide it).
                 parent = os.path.dirname(path)
-                listed = [w for w in self.makers if os.path.dirname(w) == parent]
+                listed = [w for w in self.swept if os.path.dirname(w) == parent]
                 if listed and path not in listed:
                     names = ", ".join(sorted(os.path.basename(w) for w in listed))
                     print(f"wtfree.plot: no run {path} in the sweep's list: {names}", flush=True)
@@ -437,6 +438,7 @@ class Runner:
         for run in runs:
             workdir = next(w.partition("=")[2] for w in run if w.startswith("--workdir="))
             self.makers[workdir] = [*run, *SHORTEN["train.py"]]
+            self.swept.add(workdir)
         return code, runs
 
     def sweep(self, argv: list[str]) -> int:
