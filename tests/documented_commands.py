@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 
@@ -39,6 +40,7 @@ _PYTHONS = ("python", "python3", ".venv/bin/python")
 _LOOP = re.compile(r"for (\w+) in ([^;]+); do$")
 _OPTIONAL = re.compile(r"\s*\[[^\[\]]*\]")
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
+_HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
 
 SUBPROCESS_TIMEOUT = 600  # seconds
 
@@ -84,7 +86,13 @@ class Command:
 
     @property
     def id(self) -> str:
-        words = " ".join(self.argv) if not self.shell else " ".join(self.text.splitlines())
+        lines = self.text.splitlines()
+        if not self.shell:
+            words = " ".join(self.argv)
+        elif _HEREDOC.search(lines[0]):  # the command; its script is in the file
+            words = lines[0]
+        else:
+            words = " ".join(lines)
         words = re.sub(r"^\S*python3? ", "", words)
         return f"{self.path}:{self.line}: {words}"
 
@@ -177,6 +185,18 @@ def commands_in(path: str, text: str, first_line: int = 1, markdown: bool = True
         while k < len(logical):
             i, line = logical[k]
             k += 1
+            heredoc = _HEREDOC.search(line)
+            if heredoc is not None and _is_command(_split(line[: heredoc.start()])):
+                # Its lines go to the command's stdin as written: the script runs in bash.
+                end = next(
+                    (j for j in range(i + 1, len(lines)) if lines[j].strip() == heredoc[1]),
+                    len(lines),
+                )
+                script = textwrap.dedent("\n".join(lines[i : end + 1]))
+                words = tuple(_split(line[: heredoc.start()]))
+                found.append(Command(path, first_line + i, script, words, shell=True))
+                k = next((n for n, (j, _) in enumerate(logical) if j > end), len(logical))
+                continue
             loop = _LOOP.match(line)
             if loop is None:
                 words = _split(_OPTIONAL.sub("", _substitute(line, {})))
@@ -340,7 +360,9 @@ def _run_logged(argv: list[str], log: str) -> int:
     """Runs ``argv`` with its output appended to ``log``; one that hangs (a cluster that never
     answers) is killed, with its children, after ``SUBPROCESS_TIMEOUT`` seconds: exit 124."""
     with open(log, "ab") as f:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=f, start_new_session=True)
+        process = subprocess.Popen(
+            argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=f, stderr=f, start_new_session=True
+        )
         try:
             return process.wait(timeout=SUBPROCESS_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -523,6 +545,12 @@ class Runner:
         self.tmp = os.path.join(tmp, _slug(command.path))
         self.tiny = os.path.join(tmp, "tiny_run")
         os.makedirs(self.tmp, exist_ok=True)
+        if command.shell and _HEREDOC.search(command.text.splitlines()[0]):
+            first, rest = command.text.split("\n", 1)
+            interpreter = shlex.quote(sys.executable)
+            script = re.sub(r"^\S*python3?(?= )", lambda m: interpreter, first) + "\n" + rest
+            self.say(f"$ {script}")
+            return _run_logged(["bash", "-c", script], self.log)
         if command.shell:
             script = _shell_script(command.text, self.tmp)
             self.say(f"$ {script}")

@@ -156,3 +156,15 @@ def test_outputs_move_under_the_temporary_directory_and_runs_are_shortened():
         "--out",
         "/tmp/t/docs/f.png",
     ]
+
+
+def test_a_here_document_is_one_command_with_its_script():
+    text = "\n".join(
+        ["Run:", "", "    python - <<'EOF'", "    import sys", "    if True:", "        print(1)"]
+        + ["    EOF", "", "    make demo"]
+    )
+    here, demo = documented_commands.commands_in("X.md", text)
+    assert (here.line, here.shell) == (3, True)
+    assert here.text == "python - <<'EOF'\nimport sys\nif True:\n    print(1)\nEOF"
+    assert here.id == "X.md:3: - <<'EOF'"
+    assert (demo.line, demo.argv) == (9, ("make", "demo"))
