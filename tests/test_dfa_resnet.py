@@ -15,11 +15,13 @@ from wtfree.models import resnet
 NUM_CLASSES = 3
 
 
-def _tiny(rule: str, shortcut: str = "pad") -> resnet.Model:
-    # Two stages of one basic block: five hidden convs, a stage change with its shortcut.
+def _tiny(rule: str, shortcut: str = "pad", block: str = "basic") -> resnet.Model:
+    # Two stages of one block: five hidden convs (seven with bottlenecks), a stage change with
+    # its shortcut.
     return resnet.Model(
         num_classes=NUM_CLASSES,
         stage_sizes=(1, 1),
+        block=block,
         stem="cifar",
         width=2,
         shortcut=shortcut,
@@ -27,8 +29,8 @@ def _tiny(rule: str, shortcut: str = "pad") -> resnet.Model:
     )
 
 
-def _setup(rule: str, shortcut: str = "pad"):
-    model = _tiny(rule, shortcut)
+def _setup(rule: str, shortcut: str = "pad", block: str = "basic"):
+    model = _tiny(rule, shortcut, block)
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, 1))
     labels = jnp.array([0, 1, 2, 1])
     variables = model.init(jax.random.key(1), x, train=False)
@@ -102,13 +104,14 @@ _PER_LAYER = [
 ]
 
 
-def _check(rule: str, scale: float = 1.0, shortcut: str = "pad"):
-    model, x, labels, variables = _setup(rule, shortcut)
+def _check(rule: str, scale: float = 1.0, shortcut: str = "pad", block: str = "basic"):
+    model, x, labels, variables = _setup(rule, shortcut, block)
     deltas, e, outputs = _errors_and_intermediates(model, x, labels, variables)
     params = variables["params"]
     feedback = variables["feedback"]
     checked = 0
-    for conv, bn, direct, block in _PER_LAYER:
+    table = _PER_LAYER if block == "basic" else _BOTTLENECK_PER_LAYER
+    for conv, bn, direct, block in table:
         path = (*direct, "kernel")
         flat = traverse_util.flatten_dict(feedback)
         if path not in flat:
@@ -174,3 +177,22 @@ def test_validate_refuses_per_layer_dfa_on_imagenet_resnet50_but_not_dfa_block()
     with pytest.raises(ValueError, match=r"33.6 GiB in float32.*rule=dfa_block"):
         config_lib.validate(config)
     config_lib.validate(imagenet_resnet50.get_config("rule=dfa_block"))
+
+
+def _bottleneck_layers(stage: int):
+    b = f"stage{stage}_block0"
+    return [
+        ((b, "conv_0"), (b, "bn_0"), (b, "direct_0"), None),
+        ((b, "conv_1"), (b, "bn_1"), (b, "direct_1"), None),
+        ((b, "conv_2"), (b, "bn_2"), (f"direct_{stage}_0",), b),
+    ]
+
+
+_BOTTLENECK_PER_LAYER = [_PER_LAYER[0], *_bottleneck_layers(0), *_bottleneck_layers(1)]
+
+
+def test_every_hidden_conv_of_a_bottleneck_resnet_gets_e_times_its_own_b_under_dfa():
+    """The two inner convs of a bottleneck block too: an inner conv that read its input from
+    before the DFA point would get its error through the next conv's W^T, and fail here."""
+    assert _check("dfa", block="bottleneck") == 7
+    assert _check("dfa", block="bottleneck", shortcut="projection") == 7

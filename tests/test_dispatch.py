@@ -318,3 +318,23 @@ def test_conv_nets_unroll_their_chunks_on_cpu_and_mlps_scan():
     # Its chunks are compiled unrolled, so the automatic k stops at MAX_UNROLLED_STEPS.
     batch = next(resnet.train_batches(0))
     assert resnet.steps_per_dispatch(batch) == dispatch.MAX_UNROLLED_STEPS
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_the_nan_watch_sees_a_nan_inside_a_chunk_that_does_not_persist(unroll):
+    """One step's loss is NaN and the next ones are finite again (a bad batch, no poisoned
+    state): the watch must keep it, not only the chunk's last step."""
+
+    def train_step(state, batch):
+        del batch
+        state = {**state, "step": state["step"] + 1}
+        loss = jnp.where(state["step"] == 3, jnp.nan, jnp.float32(2.3))
+        return state, {"train/loss": loss}
+
+    multi_step = jax.jit(dispatch.make_multi_step(train_step, unroll=unroll))
+    watch = dispatch._fresh_watch()
+    state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0)}
+    state, watch, measurements = multi_step(state, watch, jnp.zeros((5, 1)), 5)
+    assert int(state["step"]) == 5 and np.isfinite(float(measurements["train/loss"]))
+    assert not bool(watch["finite"])
+    assert int(watch["step"]) == 3 and np.isnan(float(watch["loss"]))

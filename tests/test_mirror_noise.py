@@ -242,3 +242,32 @@ def test_an_alignment_run_recorded_before_alignment_momentum_resumes_with_ws_mom
     assert workdir.check_config(tiny_config("sa"), tmp_path) == {}
     with pytest.raises(errors.RunError, match=r"alignment.momentum \(None -> 0.0\)"):
         workdir.check_config(tiny_config("sa", **{"alignment.momentum": 0.0}), tmp_path)
+
+
+def test_mirror_step_with_decay_is_the_closed_form():
+    r"""With a decay (the other direct tests use 0, where a decay applied twice is invisible):
+    B' = (1 - \lambda) B + \eta \sigma^2 H, H the Hebbian product the layer sows for the
+    step's own noise (one device: the key folded with device index 0)."""
+    decay, eta, sigma = 0.3, 0.01, 0.5
+    config = tiny_config(
+        "wm",
+        **{"mirror.decay": decay, "mirror.learning_rate": eta, "mirror.noise_std": sigma},
+    )
+    trainer = trainer_lib.Trainer(config)
+    state = trainer.fresh_state()
+    before = jax.device_get(state)
+    rng = jax.random.key(5)
+    after = jax.device_get(trainer.mirror_step(state, rng)["feedback"])
+    x = np.zeros((config.mirror.batch_size, *trainer.ds.image_shape), np.float32)
+    _, sown = trainer.model.apply(
+        {"params": before["params"], "feedback": before["feedback"]},
+        x,
+        rngs={layers.MIRROR_RNG: jax.random.fold_in(rng, 0)},
+        mutable=[layers.MIRROR],
+    )
+    h = np.asarray(sown[layers.MIRROR]["output"]["kernel"])
+    b = np.asarray(before["feedback"]["output"]["kernel"])
+    expected = (1 - decay) * b + eta * sigma**2 * h
+    np.testing.assert_allclose(after["output"]["kernel"], expected, rtol=1e-5, atol=1e-7)
+    # Both terms are large enough that either applied twice (or not at all) would show.
+    assert np.abs(decay * b).max() > 1e-2 and np.abs(eta * sigma**2 * h).max() > 1e-2

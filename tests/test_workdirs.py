@@ -230,3 +230,15 @@ def test_only_asyncio_reports_of_abandoned_orbax_reads_are_dropped():
     assert checkpoints._is_not_an_abandoned_read(record(lost, _failed_in("train_step")))
     assert checkpoints._is_not_an_abandoned_read(record("Unclosed client session", abandoned))
     assert checkpoints._is_not_an_abandoned_read(record(lost, None))
+
+
+@pytest.mark.parametrize("key, value", [("seed", 1), ("batch_size", 64)])
+def test_a_changed_seed_or_batch_size_is_another_experiment(tmp_path, key, value):
+    """The seed sets the initial weights, every B and the data order: a resume with another
+    seed would continue a run it did not start."""
+    workdir.record_config(tiny_config("kp"), tmp_path, {})
+    with pytest.raises(errors.RunError, match=rf"changed {key} \(\S+ -> {value}\)"):
+        workdir.check_config(tiny_config("kp", **{key: value}), tmp_path)
+    assert workdir.check_config(tiny_config("kp", num_train_steps=9), tmp_path) == {
+        "num_train_steps": (6, 9)
+    }
