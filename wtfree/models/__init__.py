@@ -1,6 +1,42 @@
-"""Models by name: each module exports `Model`; ResNet presets fix its structural fields."""
+"""Models by name: each module exports `Model`; ResNet presets fix its structural fields.
 
-from wtfree.models import convnet, mlp, resnet
+Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=..., dtype=...,
+**model_kwargs)``. wtfree's own models take the rule as a field; a model written with stock
+Flax layers only (``STOCK``) is built without it and then given the rule from outside.
+"""
+
+import functools
+
+import flax.linen as nn
+
+from wtfree.models import convnet, mlp, resnet, vit
+
+# Models that know nothing of learning rules: plain linen modules, as a user would write them.
+STOCK = {"vit": vit.Model}
+
+
+def build_stock(
+    model_cls: type[nn.Module],
+    *,
+    num_classes: int,
+    rule: str = "bp",
+    output_rule: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass.
+
+    Raises:
+      ValueError: for any rule but bp, until ``wtfree.convert`` exists to apply it.
+    """
+    model = model_cls(num_classes=num_classes, **kwargs)
+    for name, value in (("rule", rule), ("output_rule", output_rule)):
+        if value not in (None, "bp"):
+            raise ValueError(
+                f"{name}={value!r} with a stock-layer model ({model_cls.__module__}); "
+                "allowed: bp (other rules need wtfree.convert, not yet on this branch)"
+            )
+    return model
+
 
 MODELS = {
     "mlp": mlp.Model,
@@ -10,6 +46,7 @@ MODELS = {
     "resnet56": resnet.ResNet56,
     "resnet18": resnet.ResNet18,
     "resnet50": resnet.ResNet50,
+    **{name: functools.partial(build_stock, cls) for name, cls in STOCK.items()},
 }
 
 
