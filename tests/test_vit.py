@@ -148,5 +148,6 @@ def test_every_weight_matrix_is_a_kernel_of_a_stock_linear_layer():
 def test_the_registry_builds_it_for_bp_and_refuses_other_rules_in_one_line():
     model = models.get("vit")(num_classes=10, rule="bp", output_rule=None, patch_size=7)
     assert isinstance(model, vit.Model) and model.patch_size == 7
-    with pytest.raises(ValueError, match=r"^rule='fa' with a stock-layer model .*allowed: bp"):
+    refusal = r"^rule='fa' with model='vit' \(stock Flax layers\); allowed: bp"
+    with pytest.raises(ValueError, match=refusal):
         models.get("vit")(num_classes=10, rule="fa")

@@ -1,0 +1,58 @@
+r"""A small Vision Transformer on Fashion-MNIST (or MNIST), written with stock Flax layers only.
+
+    python train.py --config=configs/fashion_mnist_vit.py:rule=bp \
+        --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/bp
+    python train.py --config=configs/fashion_mnist_vit.py:rule=bp,runlocal=True \
+        --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/local
+
+`rule` is bp for now (wtfree.models.build_stock refuses the others in one line until
+``wtfree.convert`` gives a stock model a rule); `dataset` is fashion_mnist (TFDS, or the IDX
+files of Debian's dataset-fashion-mnist through `--config.idx_dir`) or mnist (the offline
+copy); `runlocal=True` trains 20 steps of batch 32, for a quick look.
+
+The net (wtfree/models/vit.py): 4x4 patches of 7x7 pixels embedded to 64 by one strided conv,
+a class token, learned position embeddings (17 tokens), 4 pre-LN blocks of 4-head
+self-attention (nn.MultiHeadDotProductAttention: its query, key, value and out projections are
+nn.DenseGeneral) and a 64-128-64 GELU MLP, a final layer norm, a dense head on the class
+token; 139,018 parameters. Every weight that multiplies an activation is a stock nn.Conv,
+nn.DenseGeneral or nn.Dense kernel, which is what a rule reaches.
+
+Runtime: not yet measured.
+
+Test accuracy: not yet measured.
+
+Hyperparameters: SGD, momentum 0.9, learning rate 0.05 with a linear warmup over the
+first half epoch and cosine decay to 0, batch 128, weight decay 1e-4 on every kernel, 5 epochs;
+no dropout, no augmentation.
+"""
+
+import ml_collections
+
+from configs import common
+from wtfree import config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    arg = config_lib.parse_arg(arg, rule="bp", dataset="fashion_mnist", runlocal=False)
+    if arg.dataset not in ("mnist", "fashion_mnist"):
+        raise ValueError(f"dataset={arg.dataset!r}; this config is for mnist or fashion_mnist")
+    config = common.base_config(
+        rule=arg.rule,
+        dataset=arg.dataset,
+        model="vit",
+        batch_size=128,
+        num_epochs=5,
+        learning_rate=0.05,
+    )
+    config.model_kwargs = ml_collections.ConfigDict(
+        dict(patch_size=7, width=64, depth=4, num_heads=4, mlp_dim=128, pool="cls")
+    )
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.schedule = "cosine"
+    config.optimizer.warmup_epochs = 0.5
+    common.set_mirror(config, batch_size=128, pretrain_batches=100, decay=0.1)
+    config.log_every_steps = 117  # 4 alignment measurements an epoch
+    if arg.runlocal:
+        common.set_runlocal(config, batch_size=32, steps=20)
+    return config
