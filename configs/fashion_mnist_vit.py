@@ -17,13 +17,26 @@ nn.DenseGeneral) and a 64-128-64 GELU MLP, a final layer norm, a dense head on t
 token; 139,018 parameters. Every weight that multiplies an activation is a stock nn.Conv,
 nn.DenseGeneral or nn.Dense kernel, which is what a rule reaches.
 
-Runtime: not yet measured.
+Runtime: the one-epoch bp command below took 138 s wall, start, compile and evaluation
+included, on the 2-core machine this was written on with a load average of 9-10 from other
+jobs (the last quarter epoch ran at 8.8 steps/s); alone it should be well under a minute.
 
-Test accuracy: not yet measured.
+Measured test accuracy, seed 0, bp: 83.85% after one epoch of its own schedule (warmup and
+cosine over 468 steps):
 
-Hyperparameters: SGD, momentum 0.9, learning rate 0.05 with a linear warmup over the
-first half epoch and cosine decay to 0, batch 128, weight decay 1e-4 on every kernel, 5 epochs;
-no dropout, no augmentation.
+    python train.py --config=configs/fashion_mnist_vit.py:rule=bp \
+        --config.idx_dir=/usr/share/datasets/fashion-mnist --config.num_epochs=1 \
+        --workdir=runs/vit/bp_1epoch
+
+The 5-epoch runs, the other rules and the seeds are not measured yet.
+
+Hyperparameters, the same for every rule: SGD, momentum 0.9, learning rate 0.05 with a
+linear warmup over the first half epoch and cosine decay to 0 (over 200 steps 0.05 led 0.15
+at every logged step: train loss 0.66 against 0.84 at step 100), batch 128, 5 epochs, no
+dropout, no augmentation. Weight decay 1e-4 on every parameter of two or more dimensions
+(wtfree.optim's mask): the kernels, and here also the attention's per-head biases, the class
+token and the position embeddings. Weight mirrors: a mirror batch of 128 after every step,
+100 before training, decay 0.1 (as configs/fashion_mnist_resnet.py).
 """
 
 import ml_collections

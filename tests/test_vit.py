@@ -1,5 +1,6 @@
 """The ViT: its shapes, that backprop trains it, and that every weight sits in a stock layer."""
 
+import json
 import math
 
 import flax.linen as nn
@@ -7,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
+import tensorflow_datasets as tfds
 from flax import traverse_util
 
-from wtfree import models
+from configs import fashion_mnist_vit
+from wtfree import models, train_lib
 from wtfree.models import vit
 
 # The layers wtfree.convert intercepts: every weight that multiplies an activation must be
@@ -151,3 +154,20 @@ def test_the_registry_builds_it_for_bp_and_refuses_other_rules_in_one_line():
     refusal = r"^rule='fa' with model='vit' \(stock Flax layers\); allowed: bp"
     with pytest.raises(ValueError, match=refusal):
         models.get("vit")(num_classes=10, rule="fa")
+
+
+def test_train_py_trains_the_config_under_bp(tmp_path):
+    """configs/fashion_mnist_vit.py through the trainer users run, shortened by overrides only:
+    a few steps on mock data, logged, measured and evaluated."""
+    config = fashion_mnist_vit.get_config("rule=bp,runlocal=True")
+    config.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_batch_size = 64
+    config.num_devices = 1
+    with tfds.testing.mock_data(num_examples=128, policy=tfds.testing.MockPolicy.USE_CODE):
+        final = train_lib.train_and_evaluate(config, tmp_path)
+    assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)

@@ -227,13 +227,14 @@ def make_measure_step(model, loss_name: str):
     """``measure(state, batch) -> measurements``: per layer the angle of B to W, ||B||/||W||,
     and the angle between the error the rule sends to each layer and backprop's (same batch)."""
     loss_fn = metrics.get_loss(loss_name)
-    bp_model = model.clone(rule="bp", output_rule="bp")
+    # A stock model (models.STOCK) computes backprop already and sows nothing to measure.
+    bp_model = model.clone(rule="bp", output_rule="bp") if hasattr(model, "rule") else model
 
     def deltas(m, variables, state, batch):
         x = batch["image"]
         shapes = jax.eval_shape(
             lambda: _apply(m, variables, x, False, mutable=[layers.PERTURBATIONS])[1]
-        )[layers.PERTURBATIONS]
+        ).get(layers.PERTURBATIONS, {})
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def loss(perturbations):
