@@ -19,7 +19,8 @@ nn.DenseGeneral or nn.Dense kernel, which is what a rule reaches.
 
 Runtime: the one-epoch bp command below took 138 s wall, start, compile and evaluation
 included, on the 2-core machine this was written on with a load average of 9-10 from other
-jobs (the last quarter epoch ran at 8.8 steps/s); alone it should be well under a minute.
+jobs; the steady rate under that load, 7.5-8.8 steps/s over the second half, is about a
+minute an epoch. Not measured on a quiet machine.
 
 Measured test accuracy, seed 0, bp: 83.85% after one epoch of its own schedule (warmup and
 cosine over 468 steps):
