@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 from flax import traverse_util
 
 from configs import fashion_mnist_vit
-from wtfree import models, train_lib
+from wtfree import loop, models
 from wtfree.models import vit
 
 # The layers wtfree.convert intercepts: every weight that multiplies an activation must be
@@ -166,7 +166,7 @@ def test_train_py_trains_the_config_under_bp(tmp_path):
     config.eval_batch_size = 64
     config.num_devices = 1
     with tfds.testing.mock_data(num_examples=128, policy=tfds.testing.MockPolicy.USE_CODE):
-        final = train_lib.train_and_evaluate(config, tmp_path)
+        final = loop.train_and_evaluate(config, tmp_path)
     assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]

@@ -118,7 +118,7 @@ class _RuleLinear(nn.Module):
         rng = None
         if rule.needs_rng:
             # Only the backward pass draws from it: forward-only applies (evaluation, mirror
-            # mode) may come without the stream. Training always passes it (train_lib).
+            # mode) may come without the stream. Training always passes it (wtfree.steps).
             has = self.has_rng(FEEDBACK_RNG)
             rng = self.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
         y = rule.apply(f, x, w, b, rng)
