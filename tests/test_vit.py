@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 from flax import traverse_util
 
+import wtfree
 from configs import fashion_mnist_vit
 from wtfree import loop, models
 from wtfree.models import vit
@@ -148,18 +149,20 @@ def test_every_weight_matrix_is_a_kernel_of_a_stock_linear_layer():
     assert len(calls) == 2 + 6 * TINY["depth"]
 
 
-def test_the_registry_builds_it_for_bp_and_refuses_other_rules_in_one_line():
+def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
     model = models.get("vit")(num_classes=10, rule="bp", output_rule=None, patch_size=7)
     assert isinstance(model, vit.Model) and model.patch_size == 7
-    refusal = r"^rule='fa' with model='vit' \(stock Flax layers\); allowed: bp"
-    with pytest.raises(ValueError, match=refusal):
-        models.get("vit")(num_classes=10, rule="fa")
+    converted = models.get("vit")(num_classes=10, rule="fa", output_rule="bp", patch_size=7)
+    assert isinstance(converted, wtfree.Converted) and converted.model == model
+    assert converted.options.rule == "fa" and converted.options.output_rule == "bp"
+    with pytest.raises(ValueError, match=r"^model='vit' .*rule 'dfa': direct feedback"):
+        models.check_rule("vit", "dfa")
 
 
-def test_train_py_trains_the_config_under_bp(tmp_path):
+def _train(tmp_path, rule: str) -> tuple[dict, list[dict]]:
     """configs/fashion_mnist_vit.py through the trainer users run, shortened by overrides only:
-    a few steps on mock data, logged, measured and evaluated."""
-    config = fashion_mnist_vit.get_config("rule=bp,runlocal=True")
+    4 steps on mock data, logged, measured and evaluated."""
+    config = fashion_mnist_vit.get_config(f"rule={rule},runlocal=True")
     config.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
     config.num_train_steps = 4
     config.log_every_steps = 2
@@ -168,6 +171,36 @@ def test_train_py_trains_the_config_under_bp(tmp_path):
     with tfds.testing.mock_data(num_examples=128, policy=tfds.testing.MockPolicy.USE_CODE):
         final = loop.train_and_evaluate(config, tmp_path)
     assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    return final, [json.loads(line) for line in lines]
+
+
+def test_the_config_trains_under_bp(tmp_path):
+    final, records = _train(tmp_path, "bp")
+    assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert not any(key.startswith("align/") for r in records for key in r)  # nothing to measure
+
+
+ATTENTION = [f"block_0/attention/{name}" for name in ("query", "key", "value", "out")]
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp", "wm", "sa"])
+def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule):
+    """Through wtfree.convert: B is stored for, and measured at, every attention projection,
+    and the error each receives differs from backprop's."""
+    final, records = _train(tmp_path, rule)
+    assert math.isfinite(final["test/loss"])
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    logged = [r for r in records if "align/weight_angle/output" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4]
+    for record in logged:
+        for layer in [*ATTENTION, "block_0/mlp/dense_0", "block_0/mlp/dense_1", "output"]:
+            # A random B starts near 90 degrees from W; 4 small steps do not align it.
+            assert 45.0 < record[f"align/weight_angle/{layer}"] < 135.0, (layer, record)
+        for layer in ATTENTION:
+            assert record[f"align/delta_angle/{layer}"] > 1.0, (layer, record)
+    if rule == "sa":
+        assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)

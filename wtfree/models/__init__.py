@@ -2,13 +2,14 @@
 
 Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=..., dtype=...,
 **model_kwargs)``. wtfree's own models take the rule as a field; a model written with stock
-Flax layers only (``STOCK``) is built without it and then given the rule from outside.
+Flax layers only (``STOCK``) is built without it and given the rule by ``wtfree.convert``.
 """
 
 import functools
 
 import flax.linen as nn
 
+from wtfree.convert import Options, convert
 from wtfree.models import convnet, mlp, resnet, vit
 
 # Models that know nothing of learning rules: plain linen modules, as a user would write them.
@@ -18,17 +19,14 @@ STOCK = {"vit": vit.Model}
 def check_rule(name: str, rule: str, output_rule: str | None = None) -> None:
     """Raises ValueError in one line if the model called ``name`` cannot learn by ``rule``.
 
-    wtfree's own models take every rule; a stock model (``STOCK``) only bp for now: the other
-    rules reach stock layers through ``wtfree.convert``, not yet on this branch.
+    wtfree's own models take every rule; a stock model (``STOCK``) every rule that
+    ``wtfree.convert`` gives it (not the direct-feedback ones: ``wtfree.convert.Options``).
     """
-    if name not in STOCK:
-        return
-    for key, value in (("rule", rule), ("output_rule", output_rule)):
-        if value not in (None, "", "bp"):
-            raise ValueError(
-                f"{key}={value!r} with model={name!r} (stock Flax layers); "
-                "allowed: bp (other rules need wtfree.convert, not yet on this branch)"
-            )
+    if name in STOCK:
+        try:
+            Options(rule, output_rule=output_rule or None)
+        except ValueError as e:
+            raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
 
 
 def build_stock(
@@ -39,14 +37,13 @@ def build_stock(
     output_rule: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass.
-
-    Raises:
-      ValueError: for any rule but bp, until ``wtfree.convert`` exists to apply it.
-    """
-    (name,) = (name for name, cls in STOCK.items() if cls is model_cls)
-    check_rule(name, rule, output_rule)
-    return model_cls(num_classes=num_classes, **kwargs)
+    """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass: as it is
+    under bp, else through ``wtfree.convert`` (its default options: a layer named ``output``
+    takes ``output_rule``, normal mirror noise, alignment losses on the layers' inputs)."""
+    model = model_cls(num_classes=num_classes, **kwargs)
+    if rule == "bp" and output_rule in (None, "", "bp"):
+        return model
+    return convert(model, rule, output_rule=output_rule or None)
 
 
 MODELS = {
