@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from wtfree import config_lib, errors, logs, train_lib
+from wtfree import config_lib, errors, logs, loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where logs and checkpoints go.", required=True)
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     logs.say(f"Config:\n{config}")
     try:
-        train_lib.train_and_evaluate(config, _WORKDIR.value)
+        loop.train_and_evaluate(config, _WORKDIR.value)
     except errors.RunError as e:  # a bad workdir, no readable checkpoint, a diverged run
         _fail(str(e), e.exit_code)
 

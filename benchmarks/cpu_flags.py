@@ -91,9 +91,9 @@ shares = sorted(
 busiest = shares[0] / sum(shares) if shares and sum(shares) > 0 else None
 
 # The seed MLP (bp, batch 128) too: a flag that helps convolutions must not slow small matmuls.
-from wtfree import train_lib
+from wtfree import trainer
 import mlp_rules
-mlp = train_lib.Trainer(_timing.load_config("mnist_mlp", "rule=bp"))
+mlp = trainer.Trainer(_timing.load_config("mnist_mlp", "rule=bp"))
 mlp_batch = sharding.put_batch(mlp_rules.synthetic_batch(128), mlp.mesh)
 mlp_stepper = _timing.Stepper(mlp_rules._calling(mlp.train_step, mlp_batch), mlp.fresh_state())
 mlp_stepper(20)

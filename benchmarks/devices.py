@@ -38,13 +38,14 @@ import _timing  # noqa: E402
 import numpy as np  # noqa: E402
 import resnet_rules  # noqa: E402
 
-from wtfree import sharding, train_lib  # noqa: E402
+from wtfree import sharding  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 
 
 def mlp_stepper(rule: str, num_devices: int) -> _timing.Stepper:
     config = _timing.load_config("mnist_mlp", f"rule={rule}")
     config.num_devices = num_devices
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.random((config.batch_size, 28, 28, 1), dtype=np.float32),

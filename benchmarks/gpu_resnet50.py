@@ -93,7 +93,8 @@ def measure(args) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from wtfree import rules, sharding, train_lib
+    from wtfree import rules, sharding, trainer
+    from wtfree import steps as steps_lib
 
     config = _timing.load_config("imagenet_resnet50", f"rule={args.rule}")
     config.model = args.model
@@ -103,20 +104,20 @@ def measure(args) -> dict:
     num_classes = 1000
     image_shape = (args.image_size, args.image_size, 3)
     mesh = sharding.make_mesh(1)
-    model = train_lib.make_model(config, num_classes)
+    model = trainer.make_model(config, num_classes)
     rng = jax.random.PRNGKey(0)
-    _, flags = jax.eval_shape(lambda: train_lib.init_variables(model, rng, (1, *image_shape)))
-    tx, _ = train_lib.make_optimizer(config, 1000, 90_000, flags)
-    init = functools.partial(train_lib.init_state, model, tx, input_shape=(1, *image_shape))
+    _, flags = jax.eval_shape(lambda: steps_lib.init_variables(model, rng, (1, *image_shape)))
+    tx, _ = trainer.make_optimizer(config, 1000, 90_000, flags)
+    init = functools.partial(steps_lib.init_state, model, tx, input_shape=(1, *image_shape))
     state = jax.jit(init)(rng)
 
-    train_step = train_lib.make_train_step(model, tx, config.loss)
+    train_step = steps_lib.make_train_step(model, tx, config.loss)
     step = jax.jit(train_step, donate_argnums=0)
-    uses_mirror = train_lib.uses_feedback(config, rules.MIRROR)
+    uses_mirror = trainer.uses_feedback(config, rules.MIRROR)
     mirrored = None
     if uses_mirror:
         m = config.mirror
-        mirror_step = train_lib.make_mirror_step(
+        mirror_step = steps_lib.make_mirror_step(
             model,
             mesh,
             (m.batch_size, *image_shape),
@@ -127,7 +128,7 @@ def measure(args) -> dict:
         )
 
         def train_mirror_step(state, batch):
-            mirror_rng = train_lib._mirror_rng(state, 1, state["step"])
+            mirror_rng = steps_lib._mirror_rng(state, 1, state["step"])
             state, measurements = train_step(state, batch)
             return mirror_step(state, mirror_rng), measurements
 

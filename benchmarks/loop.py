@@ -7,7 +7,7 @@ Five runs, each timed once per repeat, interleaved in a fresh random order every
 ratio is the median over repeats of the two runs' times of the same repeat (``_timing``):
 
 - ``loop``: 468 train steps (an epoch of batch 128) of wtfree's own train loop code path,
-  ``train_lib.train_chunks``, on the real MNIST batches of ``Trainer.train_batches``: the
+  ``wtfree.dispatch.train_chunks``, on the real MNIST batches of ``Trainer.train_batches``: the
   batches stacked and put one call ahead, ``steps_per_dispatch`` steps per jitted call, the NaN
   watch in the scan, two calls in flight. No log, evaluation or checkpoint falls in the window
   (it starts and ends at chunk ends, blocked on the state; times are scaled to 468 steps).
@@ -21,7 +21,7 @@ ratio is the median over repeats of the two runs' times of the same repeat (``_t
   128x500x10; backward h^T g, g W2^T, x^T dh; the input layer sends no error down), one
   ``lax.scan`` over the same device-resident epoch, each step's weight gradients taking the
   weights' place so that nothing is hoisted or dropped.
-- ``epoch``: a real ``train_lib.train_and_evaluate`` run of mnist_mlp (bp, defaults: logs with
+- ``epoch``: a real ``wtfree.loop.train_and_evaluate`` run of mnist_mlp (bp, defaults: logs with
   alignment measurements every 100 steps, evaluation on the 10,000 test images at every epoch's
   end, a checkpoint every 1000 steps) for 3 epochs in a fresh workdir; the times between the
   evaluation lines written at the ends of epochs 1 and 2 (epoch 2: steps, logs, measurements,
@@ -47,7 +47,9 @@ import numpy as np
 import optax
 from jax import lax
 
-from wtfree import logs, train_lib
+from wtfree import dispatch, logs
+from wtfree import loop as loop_lib
+from wtfree import trainer as trainer_lib
 
 STEPS_PER_EPOCH = 60000 // 128
 LEARNING_RATE = 0.2
@@ -68,15 +70,17 @@ def bp_config(steps_per_dispatch: int, **overrides):
 
 
 class LoopRun:
-    """Consumes ``train_lib.train_chunks`` ``steps`` steps at a time (to the next chunk end);
+    """Consumes ``dispatch.train_chunks`` ``steps`` steps at a time (to the next chunk end);
     returns the seconds, scaled to exactly ``steps``. ``batches``: default the trainer's own."""
 
-    def __init__(self, trainer: train_lib.Trainer, batches=None, state=None, steps=STEPS_PER_EPOCH):
+    def __init__(
+        self, trainer: trainer_lib.Trainer, batches=None, state=None, steps=STEPS_PER_EPOCH
+    ):
         batches = trainer.train_batches(0, raw=True) if batches is None else batches
         first = next(batches)
         self.k = trainer.steps_per_dispatch(first)
         state = trainer.fresh_state() if state is None else state
-        self.chunks = train_lib.train_chunks(trainer, state, batches, 0, 10**9, self.k, first)
+        self.chunks = dispatch.train_chunks(trainer, state, batches, 0, 10**9, self.k, first)
         self.step, self.state, self.steps = 0, None, steps
         self.cpu: list[float] = []
 
@@ -94,7 +98,7 @@ class LoopRun:
         return (time.perf_counter() - start) * scale
 
 
-def device_epoch(trainer: train_lib.Trainer, raw: bool = False) -> dict[str, jax.Array]:
+def device_epoch(trainer: trainer_lib.Trainer, raw: bool = False) -> dict[str, jax.Array]:
     """One epoch of real batches, stacked [468, 128, ...], on the device (``raw``: uint8)."""
     batches = trainer.train_batches(0, raw=raw)
     epoch = [next(batches) for _ in range(STEPS_PER_EPOCH)]
@@ -181,7 +185,7 @@ class EpochRun:
                 tempfile.TemporaryDirectory() as workdir,
                 contextlib.redirect_stdout(io.StringIO()),
             ):
-                train_lib.train_and_evaluate(self.config, workdir)
+                loop_lib.train_and_evaluate(self.config, workdir)
         finally:
             logs.MetricWriter.write = write
         (w1, c1), (w2, c2), (w3, c3) = (stamps[n * STEPS_PER_EPOCH] for n in (1, 2, 3))
@@ -202,7 +206,7 @@ def main():
     print(f"before: {_timing.load_average()}")
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)")
 
-    trainer = train_lib.Trainer(bp_config(args.steps_per_dispatch, log_every_steps=10**9))
+    trainer = trainer_lib.Trainer(bp_config(args.steps_per_dispatch, log_every_steps=10**9))
     loop = LoopRun(trainer)
     loop()  # compiles (one program for every chunk length: chunks are padded to k)
     loop.cpu.clear()

@@ -42,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from wtfree import rules, sharding, train_lib
+from wtfree import rules, sharding
+from wtfree import steps as steps_lib
+from wtfree import trainer as trainer_lib
 
 ALL_RULES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "kp", "wm")
 TARGETS = {r: 1.05 for r in ("fa", "usf", "kp", "brsf", "frsf", "dfa")} | {"wm": 1.5}
@@ -58,15 +60,15 @@ def synthetic_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def make_fused_wm_step(trainer: train_lib.Trainer):
+def make_fused_wm_step(trainer: trainer_lib.Trainer):
     """One jitted call for a train step and its mirror batch (``Trainer.train_mirror_step``
     where it exists, as the train loop calls it)."""
     if hasattr(trainer, "train_mirror_step"):
         return trainer.train_mirror_step
-    train_step = train_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
+    train_step = steps_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
 
     def fused(state, batch):
-        rng = train_lib._mirror_rng(state, 1, state["step"])
+        rng = steps_lib._mirror_rng(state, 1, state["step"])
         state, measurements = train_step(state, batch)
         return trainer.mirror_step(state, rng), measurements
 
@@ -88,7 +90,7 @@ def make_steppers(rule_names, batch_np, diagnose: bool):
     """Per variant, a Stepper; and the trainers (bp's for the pipeline, wm's for its FLOPs)."""
     steppers, trainers = {}, {}
     for rule in rule_names:
-        trainer = train_lib.Trainer(_timing.load_config("mnist_mlp", f"rule={rule}"))
+        trainer = trainer_lib.Trainer(_timing.load_config("mnist_mlp", f"rule={rule}"))
         trainers[rule] = trainer
         batch = sharding.put_batch(batch_np, trainer.mesh)
         if rule != "wm":
@@ -102,7 +104,7 @@ def make_steppers(rule_names, batch_np, diagnose: bool):
         config = _timing.load_config("mnist_mlp", "rule=wm")
         if "noise" in config.mirror:  # mirror.noise exists since issue 11
             config.mirror.noise = "rademacher"
-            rademacher = train_lib.Trainer(config)
+            rademacher = trainer_lib.Trainer(config)
             steppers["wm rademacher"] = _timing.Stepper(
                 _calling(make_fused_wm_step(rademacher), batch), rademacher.fresh_state()
             )
@@ -114,7 +116,7 @@ def make_steppers(rule_names, batch_np, diagnose: bool):
             # The train loop before 63b29a5: two jitted calls and an eager key.
             step = counter["step"]
             state, measurements = trainer.train_step(state, batch)
-            state = trainer.mirror_step(state, train_lib._mirror_rng(state, 1, step))
+            state = trainer.mirror_step(state, steps_lib._mirror_rng(state, 1, step))
             counter["step"] += 1
             return state, measurements
 
@@ -126,7 +128,7 @@ def make_steppers(rule_names, batch_np, diagnose: bool):
             trainer.fresh_state(),
         )
         steppers["  eager _mirror_rng alone"] = _timing.Stepper(
-            lambda s: (s, train_lib._mirror_rng(s, 1, 5)), trainer.fresh_state()
+            lambda s: (s, steps_lib._mirror_rng(s, 1, 5)), trainer.fresh_state()
         )
         # The noise of the mirrored layers: all but the input layer (hidden_0).
         feedback = traverse_util.flatten_dict(jax.eval_shape(trainer.fresh_state)["feedback"])
@@ -156,7 +158,7 @@ def matmul_stepper(m: int, k: int, n: int) -> _timing.Stepper:
     return _timing.Stepper(lambda c: (c, f(c, b)), a)
 
 
-def pipeline_rates(trainer: train_lib.Trainer, num_batches: int, repeats: int):
+def pipeline_rates(trainer: trainer_lib.Trainer, num_batches: int, repeats: int):
     """Median batches/s of the real-MNIST iterator, alone and with put_batch."""
     batches = trainer.train_batches(0)
     next(batches)  # loads the arrays
@@ -175,7 +177,7 @@ def pipeline_rates(trainer: train_lib.Trainer, num_batches: int, repeats: int):
     return _timing.median(alone), _timing.median(put)
 
 
-def compiled_flops(trainer: train_lib.Trainer, batch) -> float:
+def compiled_flops(trainer: trainer_lib.Trainer, batch) -> float:
     """XLA's FLOP count of the compiled train step."""
     state = jax.eval_shape(trainer.fresh_state)
     return trainer.train_step.lower(state, batch).compile().cost_analysis()["flops"]

@@ -15,10 +15,10 @@ is (max - min) / median. ``wm`` runs the train loop's work with ``mirror.every =
 fused with it into one dispatch; with k > 1 amortized over k steps, so ``--steps`` should be a
 multiple of k), with the config's normal noise; ``wm rademacher`` the same with
 ``mirror.noise = rademacher``; ``wm mirror`` is one mirror step alone. ``bp loop`` is bp
-through the train loop's own code path (``train_lib.train_chunks``: chunks of
+through the train loop's own code path (``wtfree.dispatch.train_chunks``: chunks of
 ``steps_per_dispatch`` steps, automatic, stacked and put a call ahead, the NaN watch; the same
 batch every step), per step: on XLA:CPU a conv net's chunk is unrolled, since a convolution's
-gradient inside a ``lax.scan`` runs 20x slower there (``train_lib.conv_loop_is_slow``).
+gradient inside a ``lax.scan`` runs 20x slower there (``wtfree.dispatch.conv_loop_is_slow``).
 
 Init uses the ``rbg`` PRNG (compiling ResNet init with threefry takes ~15 s a rule here); the
 steps run with the default threefry keys, as training does (``rbg`` draws are 5x slower on CPU,
@@ -40,7 +40,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from loop import LoopRun
 
-from wtfree import sharding, train_lib
+from wtfree import sharding
+from wtfree import steps as steps_lib
+from wtfree import trainer as trainer_lib
 
 ALL_RULES = ("bp", "fa", "usf", "kp", "wm", "dfa", "frsf", "brsf")
 TARGETS = {r: 1.1 for r in ("fa", "usf", "kp", "dfa", "frsf", "brsf")} | {"wm": 1.5}
@@ -67,12 +69,12 @@ def make_config(
     return config
 
 
-def make_trainer(config) -> tuple[train_lib.Trainer, dict]:
+def make_trainer(config) -> tuple[trainer_lib.Trainer, dict]:
     """The Trainer (under mock CIFAR-10) and a fresh state, initialized with rbg keys."""
     with tfds.testing.mock_data(
         num_examples=max(2 * config.batch_size, 64), policy=tfds.testing.MockPolicy.USE_CODE
     ):
-        trainer = train_lib.Trainer(config)
+        trainer = trainer_lib.Trainer(config)
     default = jax.config.jax_default_prng_impl
     jax.config.update("jax_default_prng_impl", "rbg")
     try:
@@ -92,7 +94,7 @@ def synthetic_batch(batch_size: int, num_classes: int = 10, seed: int = 0) -> di
     }
 
 
-def make_step(trainer: train_lib.Trainer, batch):
+def make_step(trainer: trainer_lib.Trainer, batch):
     """``step(state) -> (state, measurements)`` as the train loop runs it, mirror included."""
     if not trainer.uses_mirror:
         return functools.partial(lambda s, f, b: f(s, b), f=trainer.train_step, b=batch)
@@ -102,11 +104,11 @@ def make_step(trainer: train_lib.Trainer, batch):
     def step(state):
         i = counter["step"]
         if (i + 1) % every == 0:
-            if hasattr(trainer, "train_mirror_step"):  # one dispatch (train_lib since 63b29a5)
+            if hasattr(trainer, "train_mirror_step"):  # one dispatch (the Trainer since 63b29a5)
                 state, measurements = trainer.train_mirror_step(state, batch)
             else:
                 state, measurements = trainer.train_step(state, batch)
-                state = trainer.mirror_step(state, train_lib._mirror_rng(state, 1, i))
+                state = trainer.mirror_step(state, steps_lib._mirror_rng(state, 1, i))
         else:
             state, measurements = trainer.train_step(state, batch)
         counter["step"] += 1

@@ -1,4 +1,4 @@
-"""What every config shares: the keys train_lib reads, with their usual values."""
+"""What every config shares: the keys wtfree.trainer and .loop read, with their usual values."""
 
 import ml_collections
 
@@ -57,7 +57,7 @@ def base_config(
     config.eval_every_steps = 10**9  # besides every epoch's end
     config.checkpoint_every_steps = 1000
     # Train steps per jitted call (a lax.scan over stacked batches); 0: automatic
-    # (train_lib.Trainer.steps_per_dispatch). Results do not depend on it.
+    # (wtfree.trainer.Trainer.steps_per_dispatch). Results do not depend on it.
     config.steps_per_dispatch = 0
     config.keep_checkpoints = 3
     config.init_from = placeholder(str)

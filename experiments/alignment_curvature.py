@@ -35,7 +35,8 @@ from flax import traverse_util
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # configs import their siblings as `configs.common`
 
-from wtfree import layers, sharding, train_lib  # noqa: E402
+from wtfree import layers, sharding  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 from wtfree.rules import alignment  # noqa: E402
 
 RULES = ("sa", "aa", "ia", "wm_reg")
@@ -69,7 +70,7 @@ def main() -> None:
     config = module.get_config("rule=bp")
     if args.idx_dir:
         config.idx_dir = args.idx_dir
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     batches = trainer.train_batches(0)
     for _ in range(args.bp_steps):
@@ -80,7 +81,7 @@ def main() -> None:
     for rule in RULES:
         rule_config = config.copy_and_resolve_references()
         rule_config.rule = rule
-        model = train_lib.make_model(rule_config, trainer.ds.num_classes)
+        model = trainer_lib.make_model(rule_config, trainer.ds.num_classes)
         variables = model.init(jax.random.key(7), x[:1], train=False)
         feedback = variables["feedback"]
         base = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -21,7 +21,8 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from wtfree import checkpoints, train_lib
+from wtfree import checkpoints, steps
+from wtfree import trainer as trainer_lib
 
 # Configs import their siblings as `configs.common`: the repository root must be importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,8 +33,8 @@ _OUT = flags.DEFINE_string("out", None, "Where the checkpoint goes (a workdir)."
 
 def main(argv) -> None:
     del argv
-    trainer = train_lib.Trainer(_CONFIG.value)
-    state = train_lib.feedback_at_weights(trainer.fresh_state())
+    trainer = trainer_lib.Trainer(_CONFIG.value)
+    state = steps.feedback_at_weights(trainer.fresh_state())
     with checkpoints.make_manager(_OUT.value) as manager:
         checkpoints.save(manager, state, force=True)
         manager.wait_until_finished()

@@ -17,7 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from wtfree import checkpoints, optim, paths, train_lib
+from wtfree import checkpoints, optim, paths
+from wtfree import trainer as trainer_lib
 
 
 def _kernels(tree) -> dict[str, np.ndarray]:
@@ -29,7 +30,7 @@ def gaps(workdir: str) -> tuple[float, dict[str, tuple[float, float]]]:
     """Returns (predicted factor, {layer: (measured factor, angle in degrees)})."""
     workdir = paths.as_path(workdir)
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     start = trainer.fresh_state()
     with checkpoints.make_manager(workdir) as manager:
         # As saved, without a target tree: runs of older versions carried other leaves.

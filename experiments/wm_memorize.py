@@ -25,7 +25,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # configs import their siblings as `configs.common`
 
 from configs import mnist_lenet  # noqa: E402
-from wtfree import sharding, train_lib  # noqa: E402
+from wtfree import sharding  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 
 
 def losses(rule, lr, decay, batch, steps, pretrain, in_turn) -> list[float]:
@@ -36,7 +37,7 @@ def losses(rule, lr, decay, batch, steps, pretrain, in_turn) -> list[float]:
     m = config.mirror
     m.decay, m.batch_size, m.pretrain_batches = decay, batch, pretrain
     m.learning_rate = decay / batch
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     batches = trainer.train_batches(0)
     fixed = sharding.put_batch(next(iter(batches)), trainer.mesh)
     state = trainer.fresh_state()

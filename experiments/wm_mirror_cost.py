@@ -20,19 +20,20 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # configs import their siblings as `configs.common`
 
 from configs import mnist_lenet  # noqa: E402
-from wtfree import sharding, train_lib  # noqa: E402
+from wtfree import sharding  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 
 STEPS, ROUNDS = 20, 6
 
 
-def make_trainer(mirror: dict | None = None) -> train_lib.Trainer:
+def make_trainer(mirror: dict | None = None) -> trainer_lib.Trainer:
     config = mnist_lenet.get_config("rule=wm")
     config.num_devices = 1
     m = config.mirror
     for key, value in (mirror or {}).items():
         m[key] = value
     m.learning_rate = m.decay / (m.batch_size * m.noise_std**2)
-    return train_lib.Trainer(config)
+    return trainer_lib.Trainer(config)
 
 
 def main() -> None:

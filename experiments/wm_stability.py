@@ -39,7 +39,9 @@ from flax import traverse_util
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # configs import their siblings as `configs.common`
 
-from wtfree import metrics, sharding, train_lib  # noqa: E402
+from wtfree import metrics, sharding  # noqa: E402
+from wtfree import steps as steps_lib  # noqa: E402
+from wtfree import trainer as trainer_lib  # noqa: E402
 
 
 def load_config(spec: str, lr: float, sets: list[str]):
@@ -114,7 +116,7 @@ def main() -> None:
     config.num_train_steps = args.steps
     config.eval_steps = 2
     config.eval_batch_size = 1000
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     mode, _, k = args.mode.partition(":")
     decay = config.mirror.decay
@@ -161,7 +163,7 @@ def main() -> None:
         elif mode == "mirror":
             state, m = trainer.train_mirror_step(state, batch)
             for i in range(1, args.mirrors_per_step):
-                key = jax.random.fold_in(train_lib._mirror_rng(state, 5, step), i)
+                key = jax.random.fold_in(steps_lib._mirror_rng(state, 5, step), i)
                 state = trainer.mirror_step(state, key)
         else:
             state, m = trainer.train_step(state, batch)
@@ -176,7 +178,7 @@ def main() -> None:
                 params = jax.tree.map(lambda v: jnp.array(v, copy=True), state["params"])
                 mirrored = trainer.mirror_step(
                     {**shadow["mirror"], "params": params},
-                    train_lib._mirror_rng(state, 1, step),
+                    steps_lib._mirror_rng(state, 1, step),
                 )
                 shadow = {"mirror": mirrored, "ema": ema(shadow["ema"], w)}
                 bm = traverse_util.flatten_dict(mirrored["feedback"])

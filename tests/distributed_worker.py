@@ -42,7 +42,8 @@ def main() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
     from tests.test_train import tiny_config
-    from wtfree import checkpoints, data, logs, train_lib
+    from wtfree import checkpoints, data, logs, loop
+    from wtfree import trainer as trainer_lib
 
     logs.quiet()
     if args.prepare_log:
@@ -66,8 +67,8 @@ def main() -> None:
         eval_every_steps=10**9,
     )
     with tfds.testing.mock_data(num_examples=256, policy=tfds.testing.MockPolicy.USE_CODE):
-        train_lib.train_and_evaluate(config, args.workdir)
-        trainer = train_lib.Trainer(config)
+        loop.train_and_evaluate(config, args.workdir)
+        trainer = trainer_lib.Trainer(config)
     with checkpoints.make_manager(args.workdir) as manager:
         state = checkpoints.restore(manager, trainer.abstract_state)
     if args.out and jax.process_index() == 0:

@@ -15,7 +15,8 @@ from flax import traverse_util
 from jax import lax
 
 from configs import common
-from wtfree import config_lib, layers, metrics, models, optim, rules, sweep, train_lib
+from wtfree import config_lib, layers, metrics, models, optim, rules, sweep, trainer
+from wtfree import steps as steps_lib
 from wtfree.models import mlp
 from wtfree.rules import alignment
 
@@ -184,11 +185,11 @@ def _batch(seed=0, n=8):
 
 
 def _state(model, tx, batch):
-    return train_lib.init_state(model, tx, jax.random.key(1), batch["image"].shape)
+    return steps_lib.init_state(model, tx, jax.random.key(1), batch["image"].shape)
 
 
 def _tx(model, batch, lr, weight_decay=0.0, momentum=0.0):
-    _, flags = train_lib.init_variables(model, jax.random.key(1), batch["image"].shape)
+    _, flags = steps_lib.init_variables(model, jax.random.key(1), batch["image"].shape)
     return optim.make_optimizer(lr, flags, weight_decay=weight_decay, momentum=momentum)
 
 
@@ -232,13 +233,13 @@ def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight
     # error anywhere, so it gets no alignment loss and stays where it is.
     batch, lr = _batch(), 0.1
     fa = _mlp("fa")
-    fa_step = train_lib.make_train_step(fa, _tx(fa, batch, lr, weight_decay), "softmax_xent")
+    fa_step = steps_lib.make_train_step(fa, _tx(fa, batch, lr, weight_decay), "softmax_xent")
     coefficients = {"sa": {"alpha": 0.3, "beta": 0.2}, "wm_reg": {"alpha": 0.05, "beta": 0.7}}
     for rule in ("sa", "wm_reg"):
         model = _mlp(rule)
         tx = _tx(model, batch, lr, weight_decay)
         state = _state(model, tx, batch)
-        step = train_lib.make_train_step(
+        step = steps_lib.make_train_step(
             model, tx, "softmax_xent", _alignment_config(**coefficients)
         )
         new, measurements = step(state, batch)
@@ -304,7 +305,7 @@ def test_train_step_scales_noise_primitives_by_the_noise_variance():
     moves = []
     for std in (1.0, 2.0):
         config = _alignment_config("normal", std, wm_reg={"alpha": 0.0, "beta": 1.0})
-        new, _ = train_lib.make_train_step(model, tx, "softmax_xent", config)(state, batch)
+        new, _ = steps_lib.make_train_step(model, tx, "softmax_xent", config)(state, batch)
         moves.append(jax.tree.map(jnp.subtract, new["feedback"], state["feedback"]))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 4 * a, rtol=1e-5), *moves)
 
@@ -322,7 +323,7 @@ def test_every_layer_of_conv_models_sows_its_loss_and_is_trained_by_it(name, inp
     assert {p[:-1] for p in flags} == kernels
     assert all(p[-1] == layers.BY_ALIGNMENT_LOSS for p in flags)
     _, sown = model.apply(
-        {k: v for k, v in variables.items() if k in train_lib.STATE_COLLECTIONS},
+        {k: v for k, v in variables.items() if k in steps_lib.STATE_COLLECTIONS},
         x,
         train=False,
         mutable=[layers.ALIGNMENT_LOSS],
@@ -512,7 +513,7 @@ def test_alignment_learning_rate_scale_multiplies_the_task_schedule():
     config.optimizer.schedule = "cosine"
     common.set_alignment(config, learning_rate_scale=4.0)
     steps, alpha, beta = 12, 0.5, 0.3
-    tx, schedule = train_lib.make_optimizer(config, steps, steps, FLAGS)
+    tx, schedule = trainer.make_optimizer(config, steps, steps, FLAGS)
     rng = np.random.default_rng(4)
     w, b0 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
     trajectory = _sa_descent(tx, w, b0, alpha, beta, steps)
@@ -539,12 +540,12 @@ def test_alignment_momentum_zero_gives_b_plain_sgd_under_w_heavy_ball():
     config_lib.validate(config)
     rng = np.random.default_rng(5)
     w, b0 = (jnp.asarray(rng.normal(size=(4, 3)), jnp.float32) for _ in range(2))
-    tx, _ = train_lib.make_optimizer(config, 5, 5, FLAGS)
+    tx, _ = trainer.make_optimizer(config, 5, 5, FLAGS)
     target = beta / (2 * alpha) * w
     for b in _sa_descent(tx, w, b0, alpha, beta, 3):
         np.testing.assert_allclose(b, target, rtol=1e-5, atol=1e-6)
     config.alignment.momentum = -1.0  # W's: e_2 = (1 + mu - a) e_1 - mu e_0 with a = 1
-    tx, _ = train_lib.make_optimizer(config, 5, 5, FLAGS)
+    tx, _ = trainer.make_optimizer(config, 5, 5, FLAGS)
     second = _sa_descent(tx, w, b0, alpha, beta, 2)[1]
     np.testing.assert_allclose(second, target - 0.9 * (b0 - target), rtol=1e-5, atol=1e-5)
     config.alignment.momentum = 1.0
@@ -554,17 +555,17 @@ def test_alignment_momentum_zero_gives_b_plain_sgd_under_w_heavy_ball():
 
 def test_feedback_at_weights_starts_sa_at_its_minimum():
     # SA's gradient on B is 2 alpha B - beta W, zero at B = W with the default beta = 2 alpha:
-    # from train_lib.feedback_at_weights a step moves W (by the task) and leaves B where it is.
+    # from wtfree.steps.feedback_at_weights a step moves W (by the task) and leaves B where it is.
     batch, lr = _batch(), 0.1
     model = _mlp("sa")
     tx = _tx(model, batch, lr, weight_decay=0.1, momentum=0.9)
-    state = train_lib.feedback_at_weights(_state(model, tx, batch))
+    state = steps_lib.feedback_at_weights(_state(model, tx, batch))
     b, w = _flat(state["feedback"]), _flat(state["params"])
     assert b.keys() < w.keys() and all(np.array_equal(b[k], w[k]) for k in b)
-    new, _ = train_lib.make_train_step(model, tx, "softmax_xent", _alignment_config())(state, batch)
+    new, _ = steps_lib.make_train_step(model, tx, "softmax_xent", _alignment_config())(state, batch)
     for k, v in _flat(new["feedback"]).items():
         np.testing.assert_allclose(v, b[k], atol=1e-7)
         assert not np.allclose(_flat(new["params"])[k], w[k])
     with pytest.raises(ValueError, match="feedback without a weight of the same path: direct_0"):
         direct = mlp.Model(num_classes=3, widths=(6,), rule="dfa", activation="tanh")
-        train_lib.feedback_at_weights(_state(direct, _tx(direct, batch, lr), batch))
+        steps_lib.feedback_at_weights(_state(direct, _tx(direct, batch, lr), batch))

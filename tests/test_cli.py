@@ -16,7 +16,8 @@ import pytest
 
 from tests.test_data import write_idx
 from tests.test_train import ROOT
-from wtfree import checkpoints, sweep, train_lib, workdir
+from wtfree import checkpoints, loop, sweep, workdir
+from wtfree import trainer as trainer_lib
 
 ENV = {
     **os.environ,
@@ -107,7 +108,7 @@ def final_state(path, idx_dir, steps):
     assert config["num_train_steps"] == steps
     import ml_collections
 
-    trainer = train_lib.Trainer(ml_collections.ConfigDict(config))
+    trainer = trainer_lib.Trainer(ml_collections.ConfigDict(config))
     with checkpoints.make_manager(path) as manager:
         assert manager.latest_step() == steps
         return jax.device_get(checkpoints.restore(manager, trainer.abstract_state))
@@ -122,7 +123,7 @@ def test_sigkill_at_any_moment_resumes_and_ends_where_an_uninterrupted_run_does(
     overrides.update(idx_dir=idx_dir, batch_size=32, eval_batch_size=64)
     overrides["model_kwargs.widths"] = (16,)
     run_spec = sweep.Run(config="configs/mnist_mlp.py:rule=wm", overrides=overrides, name="w")
-    train_lib.train_and_evaluate(sweep.load_config(run_spec), str(tmp_path / "whole"))
+    loop.train_and_evaluate(sweep.load_config(run_spec), str(tmp_path / "whole"))
     broken = tmp_path / "broken"
     command = [
         sys.executable,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from wtfree import config_lib, data, layers, rules, train_lib
+from wtfree import config_lib, data, layers, rules, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/*.py only: configs/sweeps/ holds sweep files, not configs; common.py is shared code.
@@ -48,7 +48,7 @@ def test_there_are_configs_to_test():
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
-def test_config_has_the_keys_train_lib_reads(name):
+def test_config_has_the_keys_the_trainer_reads(name):
     config = load(name).get_config()
     assert reference_keys() <= set(config.keys()), reference_keys() - set(config.keys())
     assert load(name).__doc__, f"configs/{name}.py has no docstring"
@@ -67,7 +67,7 @@ def test_config_validates_and_builds_its_model_for_every_rule(name, rule):
         return
     config_lib.validate(config)
     num_classes, image_shape = dataset_shape(config)
-    model = train_lib.make_model(config, num_classes)
+    model = trainer.make_model(config, num_classes)
     # Shapes only: tracing the init of even ResNet-50 takes a second, compiling it would not.
     logits, variables = jax.eval_shape(
         lambda: model.init_with_output(
@@ -106,7 +106,7 @@ def test_imagenet_configs_follow_the_standard_recipe(name):
     assert [round(b * steps) for b in config.optimizer.boundaries] == [30, 60, 80]
     assert config.optimizer.weight_decay == 1e-4 and config.optimizer.momentum == 0.9
     num_classes, _ = dataset_shape(config)
-    assert num_classes >= 100  # so train_lib reports test/accuracy_top5 as well
+    assert num_classes >= 100  # so the Trainer reports test/accuracy_top5 as well
 
 
 def test_output_rule_is_explicit_and_overridable():

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from wtfree import logs, sharding, train_lib
+from wtfree import logs, loop, sharding
+from wtfree import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -46,7 +47,7 @@ def small_config(rule: str, model: str = "lenet", **model_kwargs):
 
 def memorize(config, steps: int = STEPS) -> tuple[float, float]:
     """(first, last) training loss of ``steps`` steps on one fixed batch."""
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     batch = sharding.put_batch(next(iter(trainer.train_batches(0))), trainer.mesh)
     state = trainer.fresh_state()
     if trainer.uses_mirror:
@@ -95,7 +96,7 @@ def test_cifar10_lenet_runs_end_to_end_with_augmentation(tmp_path):
     config.eval_batch_size = 32
     assert config.augment is False  # biotorch's LeNet setting; the flag must still work
     config.augment = True
-    final = train_lib.train_and_evaluate(config, str(tmp_path))
+    final = loop.train_and_evaluate(config, str(tmp_path))
     lines = logs.read_metrics(str(tmp_path))
     assert max(line["step"] for line in lines) == config.num_train_steps
     # eval_steps=2 batches of 32: the accuracy counts 64 examples, as logged.

@@ -12,7 +12,9 @@ import tensorflow_datasets as tfds
 
 from tests.test_promises import states
 from tests.test_train import tiny_config
-from wtfree import checkpoints, errors, logs, sharding, train_lib
+from wtfree import checkpoints, dispatch, errors, logs, loop, sharding
+from wtfree import steps as steps_lib
+from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +48,14 @@ def assert_same_run(a, b, config_a, config_b, rtol=0.0):
 def record_calls(monkeypatch) -> list[int]:
     """The number of steps of every train call the loop makes (appended as it plans them)."""
     sizes = []
-    plan = train_lib.plan_dispatches
+    plan = dispatch.plan_dispatches
 
     def recording(*args, **kwargs):
         for n, end in plan(*args, **kwargs):
             sizes.append(n)
             yield n, end
 
-    monkeypatch.setattr(train_lib, "plan_dispatches", recording)
+    monkeypatch.setattr(dispatch, "plan_dispatches", recording)
     return sizes
 
 
@@ -61,8 +63,8 @@ def test_chunks_end_on_every_host_step_and_are_the_same_after_a_resume():
     config = tiny_config("bp", log_every_steps=10, eval_every_steps=7, checkpoint_every_steps=9)
     total, per_epoch, k = 50, 12, 8
 
-    ends_chunk = train_lib._chunk_ends(config, total, per_epoch, k)
-    calls = list(train_lib.plan_dispatches(0, total, ends_chunk, k))
+    ends_chunk = dispatch._chunk_ends(config, total, per_epoch, k)
+    calls = list(dispatch.plan_dispatches(0, total, ends_chunk, k))
     assert sum(n for n, _ in calls) == total
     assert all(n in (1, 2, 4, 8) for n, _ in calls)
     steps = np.cumsum([n for n, _ in calls])
@@ -79,17 +81,17 @@ def test_chunks_end_on_every_host_step_and_are_the_same_after_a_resume():
     starts = [0, *ends[:-1]]
     assert all(0 < e - s <= k for s, e in zip(starts, ends, strict=True))
     # Unsplit (one program for every length), a chunk is one call.
-    whole = list(train_lib.plan_dispatches(0, total, ends_chunk, k, split=False))
+    whole = list(dispatch.plan_dispatches(0, total, ends_chunk, k, split=False))
     assert all(end for _, end in whole) and list(np.cumsum([n for n, _ in whole])) == ends
     # Resuming at any chunk end cuts the rest exactly as the uninterrupted run does.
     for s in ends[:-1]:
-        tail = list(train_lib.plan_dispatches(s, total, ends_chunk, k))
+        tail = list(dispatch.plan_dispatches(s, total, ends_chunk, k))
         i = int(np.searchsorted(steps, s)) + 1
         assert tail == calls[i:]
 
 
 # A ResNet-8 of width 2 (batch norm after every conv): on CPU its chunks are unrolled, not
-# scanned (train_lib.conv_loop_is_slow). XLA fuses a step inside a k-step program differently
+# scanned (dispatch.conv_loop_is_slow). XLA fuses a step inside a k-step program differently
 # from one alone, which moves the last bit of a batch-norm mean (measured: 1 ulp of
 # bn_init's running mean by step 6), so such runs agree to float rounding, not bit for bit.
 # A resumed run cuts the same chunks as the whole one, so resuming stays bit-identical.
@@ -123,9 +125,9 @@ def test_four_steps_per_call_equal_one_step_per_call(
     )
     one = tiny_config(rule, steps_per_dispatch=1, **common)
     four = tiny_config(rule, steps_per_dispatch=4, **common)
-    train_lib.train_and_evaluate(one, str(tmp_path / "one"))
+    loop.train_and_evaluate(one, str(tmp_path / "one"))
     sizes = record_calls(monkeypatch)
-    train_lib.train_and_evaluate(four, str(tmp_path / "four"))
+    loop.train_and_evaluate(four, str(tmp_path / "four"))
     assert sizes.count(4) >= 1 and sizes.count(2) >= 2  # the test does run several per call
     rtol = 1e-5 if model else 0.0
     assert_same_run(tmp_path / "one", tmp_path / "four", one, four, rtol)
@@ -134,14 +136,14 @@ def test_four_steps_per_call_equal_one_step_per_call(
 
 def nan_at_step(monkeypatch, step: int) -> None:
     """Makes the batch of ``step`` (counted from 1, as the loop counts) NaN."""
-    original = train_lib.Trainer.train_batches
+    original = trainer_lib.Trainer.train_batches
 
     def batches(self, start_step, raw=False):
         del raw  # float images, which can hold a NaN (the steps take float batches as they are)
         for i, batch in enumerate(original(self, start_step), start_step + 1):
             yield {**batch, "image": batch["image"] * np.nan} if i == step else batch
 
-    monkeypatch.setattr(train_lib.Trainer, "train_batches", batches)
+    monkeypatch.setattr(trainer_lib.Trainer, "train_batches", batches)
 
 
 def test_a_nan_inside_a_call_is_named_and_nothing_after_it_is_saved(tmp_path, monkeypatch):
@@ -156,7 +158,7 @@ def test_a_nan_inside_a_call_is_named_and_nothing_after_it_is_saved(tmp_path, mo
             steps_per_dispatch=k,
         )
         with pytest.raises(errors.Diverged) as info:
-            train_lib.train_and_evaluate(config, str(tmp_path / str(k)))
+            loop.train_and_evaluate(config, str(tmp_path / str(k)))
         messages[k] = str(info.value).replace(str(tmp_path / str(k)), "WORKDIR")
         with checkpoints.make_manager(tmp_path / str(k)) as manager:
             assert manager.all_steps() == [4]
@@ -180,9 +182,9 @@ def test_a_preemption_mid_chunk_saves_at_the_chunk_end_and_the_rerun_matches(
         steps_per_dispatch=8,
         **model,
     )
-    train_lib.train_and_evaluate(config, str(tmp_path / "whole"))
+    loop.train_and_evaluate(config, str(tmp_path / "whole"))
 
-    original = train_lib.Trainer.train_batches
+    original = trainer_lib.Trainer.train_batches
 
     def signalling(self, start_step, raw=False):
         for i, batch in enumerate(original(self, start_step, raw), start_step):
@@ -190,12 +192,12 @@ def test_a_preemption_mid_chunk_saves_at_the_chunk_end_and_the_rerun_matches(
                 os.kill(os.getpid(), signal.SIGTERM)
             yield batch
 
-    monkeypatch.setattr(train_lib.Trainer, "train_batches", signalling)
+    monkeypatch.setattr(trainer_lib.Trainer, "train_batches", signalling)
     broken = tmp_path / "broken"
-    train_lib.train_and_evaluate(config, str(broken))
+    loop.train_and_evaluate(config, str(broken))
     assert sorted(states(broken, config)) == [8]
-    monkeypatch.setattr(train_lib.Trainer, "train_batches", original)
-    train_lib.train_and_evaluate(config, str(broken))
+    monkeypatch.setattr(trainer_lib.Trainer, "train_batches", original)
+    loop.train_and_evaluate(config, str(broken))
     a, b = states(tmp_path / "whole", config), states(broken, config)
     for x, y in zip(jax.tree.leaves(a[20]), jax.tree.leaves(b[20]), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -203,14 +205,16 @@ def test_a_preemption_mid_chunk_saves_at_the_chunk_end_and_the_rerun_matches(
 
 
 def test_automatic_steps_per_dispatch_follows_the_step_cost():
-    trainer = train_lib.Trainer(tiny_config("bp", steps_per_dispatch=0))
+    trainer = trainer_lib.Trainer(tiny_config("bp", steps_per_dispatch=0))
     batch = next(trainer.train_batches(0))
-    assert trainer.steps_per_dispatch(batch) == train_lib.MAX_STEPS_PER_DISPATCH  # a tiny MLP
-    wide = train_lib.Trainer(tiny_config("bp", **{"model_kwargs.widths": (4096, 4096)}))
+    assert trainer.steps_per_dispatch(batch) == dispatch.MAX_STEPS_PER_DISPATCH  # a tiny MLP
+    wide = trainer_lib.Trainer(tiny_config("bp", **{"model_kwargs.widths": (4096, 4096)}))
     # About 6 * 32 * (784 * 4096 + 4096 * 4096) = 3.8 GFLOP a step: DISPATCH_FLOPS (16e9) / 3.8e9
     # = 4.2, and the power of two below it is 4.
     assert wide.steps_per_dispatch(batch) == 4
-    assert train_lib.Trainer(tiny_config("bp", steps_per_dispatch=3)).steps_per_dispatch(batch) == 3
+    assert (
+        trainer_lib.Trainer(tiny_config("bp", steps_per_dispatch=3)).steps_per_dispatch(batch) == 3
+    )
 
 
 def test_prefetch_puts_one_item_ahead_of_the_consumer_and_keeps_the_order():
@@ -232,7 +236,7 @@ def test_prefetch_puts_one_item_ahead_of_the_consumer_and_keeps_the_order():
 
 
 def test_put_chunk_shards_the_batch_axis_not_the_step_axis():
-    trainer = train_lib.Trainer(tiny_config("bp", num_devices=2))
+    trainer = trainer_lib.Trainer(tiny_config("bp", num_devices=2))
     batches = trainer.train_batches(0)
     host = [next(batches) for _ in range(3)]
     chunk = sharding.put_chunk({k: np.stack([b[k] for b in host]) for k in host[0]}, trainer.mesh)
@@ -250,7 +254,7 @@ def test_put_chunk_shards_the_batch_axis_not_the_step_axis():
 @pytest.mark.parametrize("dataset, augment", [("mnist", False), ("cifar10", True)])
 def test_a_chunk_of_batches_is_the_batches_stacked(dataset, augment):
     config = tiny_config("bp", dataset=dataset, augment=augment, batch_size=16)
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     for process in range(2):  # this process's half of every global batch
         one = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
         many = trainer.ds.train_batches(16, 3, 5, process, 2, augment)
@@ -274,7 +278,7 @@ def test_the_nan_watch_sees_a_diverged_alignment_loss_under_a_finite_task_loss(u
         aligning = jnp.where(state["step"] >= 3, jnp.nan, 1.0)
         return state, {"train/loss": jnp.float32(2.3), "train/alignment_loss": aligning}
 
-    multi_step = jax.jit(train_lib.make_multi_step(train_step, unroll=unroll))
+    multi_step = jax.jit(dispatch.make_multi_step(train_step, unroll=unroll))
     watch = {"finite": True, "step": 0, "loss": 0.0}
     state = {"step": jnp.int32(0), "rng": jax.random.PRNGKey(0)}
     state, watch, _ = multi_step(state, watch, jnp.zeros((5, 1)), 5)
@@ -282,19 +286,19 @@ def test_the_nan_watch_sees_a_diverged_alignment_loss_under_a_finite_task_loss(u
 
 
 def test_an_unrolled_chunk_is_the_looped_chunk_and_padding_is_never_read():
-    trainer = train_lib.Trainer(tiny_config("wm"))
+    trainer = trainer_lib.Trainer(tiny_config("wm"))
     batches = trainer.train_batches(0)
     host = [next(batches) for _ in range(3)]
     stacked = {k: np.stack([b[k] for b in host]) for k in host[0]}
     # The looped form takes chunks padded to k batches: NaN padding would poison any step.
-    padded = train_lib._padded(stacked, 5)
+    padded = dispatch._padded(stacked, 5)
     assert padded["image"].shape[0] == 5 and not padded["image"][3:].any()
     padded["image"][3:] = np.nan
     watch = {"finite": True, "step": 0, "loss": 0.0}
-    train_step = train_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
+    train_step = steps_lib.make_train_step(trainer.model, trainer.tx, trainer.config.loss)
     results = []
     for unroll, chunk in ((False, padded), (True, stacked)):
-        multi_step = train_lib.make_multi_step(train_step, unroll=unroll)
+        multi_step = dispatch.make_multi_step(train_step, unroll=unroll)
         chunk = sharding.put_chunk(chunk, trainer.mesh)
         results.append(jax.jit(multi_step)(trainer.fresh_state(), watch, chunk, 3))
     (scanned_state, scanned_watch, scanned), (state, watch, last) = results
@@ -307,10 +311,10 @@ def test_an_unrolled_chunk_is_the_looped_chunk_and_padding_is_never_read():
 
 def test_conv_nets_unroll_their_chunks_on_cpu_and_mlps_scan():
     assert jax.default_backend() == "cpu"
-    mlp = train_lib.Trainer(tiny_config("bp"))
-    assert not train_lib.conv_loop_is_slow(mlp.abstract_state)
-    resnet = train_lib.Trainer(tiny_config("bp", **RESNET))
-    assert train_lib.conv_loop_is_slow(resnet.abstract_state) and resnet.unrolled
+    mlp = trainer_lib.Trainer(tiny_config("bp"))
+    assert not dispatch.conv_loop_is_slow(mlp.abstract_state)
+    resnet = trainer_lib.Trainer(tiny_config("bp", **RESNET))
+    assert dispatch.conv_loop_is_slow(resnet.abstract_state) and resnet.unrolled
     # Its chunks are compiled unrolled, so the automatic k stops at MAX_UNROLLED_STEPS.
     batch = next(resnet.train_batches(0))
-    assert resnet.steps_per_dispatch(batch) == train_lib.MAX_UNROLLED_STEPS
+    assert resnet.steps_per_dispatch(batch) == dispatch.MAX_UNROLLED_STEPS

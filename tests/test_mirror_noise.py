@@ -10,7 +10,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.test_train import tiny_config
-from wtfree import config_lib, errors, layers, metrics, rules, train_lib, workdir
+from wtfree import config_lib, errors, layers, metrics, rules, workdir
+from wtfree import trainer as trainer_lib
 
 # Fourth moments of the unit-variance distributions: they tell the three apart.
 FOURTH_MOMENT = {"normal": 3.0, "rademacher": 1.0, "uniform": 9 / 5}
@@ -74,7 +75,7 @@ def test_mirror_step_moves_b_by_the_closed_form_expectation(distribution):
             "mirror.noise": distribution,
         },
     )
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     w = np.asarray(state["params"]["output"]["kernel"])
     b = np.asarray(state["feedback"]["output"]["kernel"])

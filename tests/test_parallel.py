@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 from flax import traverse_util
 
 from tests.test_train import tiny_config
-from wtfree import layers, rules, sharding, train_lib
+from wtfree import layers, rules, sharding
+from wtfree import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
@@ -28,7 +29,7 @@ def mock_mnist():
 
 
 def _train(config, steps):
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     batches = trainer.train_batches(0)
     for _ in range(steps):
@@ -48,7 +49,7 @@ def test_four_devices_match_one(rule):
 
 def test_mirror_step_per_device_keeps_b_identical_and_averages_the_hebbian_updates():
     config = tiny_config("wm", num_devices=4, **{"mirror.batch_size": 4, "mirror.noise_std": 0.5})
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     before = jax.device_get(state)
     rng = jax.random.PRNGKey(3)

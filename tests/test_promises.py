@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests.test_train import interrupt_at_step_6, tiny_config
-from wtfree import checkpoints, logs, metrics, optim, sharding, train_lib
+from wtfree import checkpoints, logs, loop, metrics, optim, sharding, steps
+from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
@@ -20,7 +21,7 @@ def mock_mnist():
 
 def states(workdir, config):
     """Every checkpoint of a run: step -> state (host arrays)."""
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     with checkpoints.make_manager(workdir, keep=100) as manager:
         return {
             s: jax.device_get(checkpoints.restore(manager, trainer.abstract_state, s))
@@ -39,7 +40,7 @@ def leaves_equal(a, b) -> bool:
 def test_brsf_draws_a_new_m_every_step(rule, fresh):
     # The same state and batch at two step numbers: brsf's update differs (a new random M),
     # fa's does not (its B is fixed).
-    trainer = train_lib.Trainer(tiny_config(rule))
+    trainer = trainer_lib.Trainer(tiny_config(rule))
     batch = sharding.put_batch(next(trainer.train_batches(0)), trainer.mesh)
     state = jax.device_get(trainer.fresh_state())
     after = []
@@ -51,7 +52,7 @@ def test_brsf_draws_a_new_m_every_step(rule, fresh):
 
 def test_eval_mask_ignores_the_padding_of_the_last_batch():
     config = tiny_config("fa", eval_batch_size=96)  # 256 test examples: 96 + 96 + 64 (+ 32 pad)
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     assert trainer.ds.num_examples("test") % 96
     state = trainer.fresh_state()
     got = trainer.evaluate(state)
@@ -71,7 +72,7 @@ def test_top5_accuracy_against_numpy():
     np.testing.assert_array_equal(metrics.correct(logits, labels, 1), (rank < 1).astype(float))
     assert 0 < (rank < 1).mean() < (rank < 5).mean() < 1  # the data separate the two
     # eval_step sums the masked top-5 hits.
-    step = train_lib.make_eval_step(
+    step = steps.make_eval_step(
         type("M", (), {"apply": lambda self, v, x, train, rngs, mutable: x})(),
         "softmax_xent",
         top_k=(1, 5),
@@ -117,9 +118,9 @@ def test_exact_resume_with_momentum_weight_decay_and_a_schedule(tmp_path, monkey
         },
     )
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train_lib.train_and_evaluate(config, str(whole))
+    loop.train_and_evaluate(config, str(whole))
     interrupt_at_step_6(monkeypatch, config, str(broken))
-    train_lib.train_and_evaluate(config, str(broken))
+    loop.train_and_evaluate(config, str(broken))
     a, b = states(whole, config)[12], states(broken, config)[12]
     trace = [x for x in jax.tree.leaves(a["opt_state"]) if np.ndim(x) > 0]
     assert trace and any(np.abs(x).max() > 0 for x in trace)  # momentum is really there
@@ -129,26 +130,26 @@ def test_exact_resume_with_momentum_weight_decay_and_a_schedule(tmp_path, monkey
 
 def test_init_from_starts_from_another_runs_checkpoint_at_step_0(tmp_path):
     source = tiny_config("fa", num_train_steps=6)
-    train_lib.train_and_evaluate(source, str(tmp_path / "a"))
+    loop.train_and_evaluate(source, str(tmp_path / "a"))
     last = states(tmp_path / "a", source)[6]
     config = tiny_config("fa", num_train_steps=3, init_from=str(tmp_path / "a"))
-    train_lib.train_and_evaluate(config, str(tmp_path / "b"))
+    loop.train_and_evaluate(config, str(tmp_path / "b"))
     first = logs.read_metrics(str(tmp_path / "b"))[0]
     assert first["step"] == 0
     # The output layer's B is the one measured (the input layer's is never used).
     w, b = last["params"]["output"]["kernel"], last["feedback"]["output"]["kernel"]
     assert first["align/weight_angle/output"] == pytest.approx(float(metrics.angle(w, b)), 1e-4)
-    fresh = train_lib.Trainer(config).fresh_state()
+    fresh = trainer_lib.Trainer(config).fresh_state()
     assert not np.allclose(w, fresh["params"]["output"]["kernel"])
     assert sorted(states(tmp_path / "b", config)) == [3]  # its own steps, from 0
 
 
 def test_evaluate_at_a_step_reproduces_that_steps_logged_test_metrics(tmp_path):
     config = tiny_config("kp", eval_every_steps=3)
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     logged = [line for line in logs.read_metrics(str(tmp_path)) if "test/accuracy" in line]
     at_3 = next(line for line in logged if line["step"] == 3)
-    result = train_lib.evaluate_checkpoint(str(tmp_path), 3)
+    result = loop.evaluate_checkpoint(str(tmp_path), 3)
     assert result["step"] == 3
     assert result["test/loss"] == pytest.approx(at_3["test/loss"], rel=1e-6)
     assert result["test/loss"] != pytest.approx(logged[-1]["test/loss"], rel=1e-6)
@@ -162,8 +163,8 @@ def test_mirror_every_2_mirrors_after_every_second_step(tmp_path):
         keep_checkpoints=10,
         **{"mirror.every": 2, "mirror.pretrain_batches": 0},
     )
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     saved = states(tmp_path, config)
-    b0 = jax.device_get(train_lib.Trainer(config).fresh_state()["feedback"])
+    b0 = jax.device_get(trainer_lib.Trainer(config).fresh_state()["feedback"])
     b = [b0] + [saved[s]["feedback"] for s in (1, 2, 3, 4)]
     assert [leaves_equal(b[i], b[i + 1]) for i in range(4)] == [True, False, True, False]

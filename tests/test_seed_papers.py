@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import data, layers, logs, metrics, plot, sharding, teacher, train_lib
+from wtfree import data, layers, logs, loop, metrics, plot, sharding, teacher
+from wtfree import trainer as trainer_lib
 from wtfree.models import mlp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +77,7 @@ def test_shallow_training_changes_only_the_last_layer_and_lowers_the_error(tmp_p
     config.dataset_kwargs.train_examples = 200
     config.dataset_kwargs.test_examples = 100
     config.optimizer.learning_rate = 0.3
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     start = jax.tree.map(np.asarray, state["params"])
     batches = trainer.train_batches(0)
@@ -146,7 +147,7 @@ def test_delta_angle_is_lillicraps_hidden_update_angle_in_a_linear_network():
     # Lillicrap et al.: dh_FA = B e against dh_BP = W^T e (here row vectors: e B^T, e W^T).
     config = load_config("lillicrap_linear", "rule=fa")
     config.dataset_kwargs.train_examples = 20
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     batch = next(trainer.train_batches(0))
     got = trainer.measure_step(state, sharding.put_batch(batch, trainer.mesh))
@@ -217,7 +218,7 @@ def test_dataset_options_are_refused_for_other_datasets():
 
 def test_regression_run_logs_nse_and_no_accuracy(tmp_path):
     config = load_config("lillicrap_linear", "rule=fa,runlocal=True")
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     lines = logs.read_metrics(str(tmp_path))
     keys = set().union(*lines)
     assert {"train/nse", "test/nse", "test/loss", "align/delta_angle/hidden_0"} <= keys
@@ -238,7 +239,7 @@ def _song_cosine(l2: float) -> float:
     config.dataset_kwargs.test_examples = 10
     config.optimizer.learning_rate = 0.01
     config.optimizer.weight_decay = l2
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     batch = sharding.put_batch(next(trainer.train_batches(0)), trainer.mesh)  # the full batch
     for _ in range(300):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from wtfree import checkpoints, logs, metrics, rules, train_lib
+from wtfree import checkpoints, logs, loop, metrics, rules
+from wtfree import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -52,7 +53,7 @@ WEIGHT_LAYERS = ("output",)
 
 @pytest.mark.parametrize("rule", sorted(rules.RULES))
 def test_each_rule_trains_and_writes_every_metric(rule, tmp_path):
-    final = train_lib.train_and_evaluate(tiny_config(rule), str(tmp_path))
+    final = loop.train_and_evaluate(tiny_config(rule), str(tmp_path))
     lines = logs.read_metrics(str(tmp_path))
     keys = set().union(*lines)
     expected = {"step", "epoch", "train/loss", "train/accuracy", "test/loss", "test/accuracy"}
@@ -83,7 +84,7 @@ def test_each_rule_trains_and_writes_every_metric(rule, tmp_path):
 
 
 def _final_state(workdir, config):
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     with checkpoints.make_manager(workdir) as manager:
         return checkpoints.restore(manager, trainer.abstract_state)
 
@@ -100,7 +101,7 @@ def interrupt_at_step_6(monkeypatch, config, workdir) -> None:
 
     monkeypatch.setattr(logs.MetricWriter, "write", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train_lib.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir)
     monkeypatch.setattr(logs.MetricWriter, "write", write)
 
 
@@ -110,12 +111,12 @@ def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
 ):
     config = tiny_config(rule, num_train_steps=12, checkpoint_every_steps=4, log_every_steps=2)
     whole, broken = str(tmp_path / "whole"), str(tmp_path / "broken")
-    train_lib.train_and_evaluate(config, whole)
+    loop.train_and_evaluate(config, whole)
 
     interrupt_at_step_6(monkeypatch, config, broken)
     with checkpoints.make_manager(broken) as manager:
         assert manager.latest_step() == 4
-    train_lib.train_and_evaluate(config, broken)
+    loop.train_and_evaluate(config, broken)
 
     a, b = _final_state(whole, config), _final_state(broken, config)
     assert int(a["step"]) == int(b["step"]) == 12
@@ -125,8 +126,8 @@ def test_resume_after_interruption_ends_where_an_uninterrupted_run_does(
 
 def test_evaluate_checkpoint_reproduces_the_logged_test_accuracy(tmp_path):
     config = tiny_config("kp")
-    final = train_lib.train_and_evaluate(config, str(tmp_path))
-    result = train_lib.evaluate_checkpoint(str(tmp_path))
+    final = loop.train_and_evaluate(config, str(tmp_path))
+    result = loop.evaluate_checkpoint(str(tmp_path))
     assert result["step"] == 6
     assert result["test/accuracy"] == pytest.approx(final["test/accuracy"], abs=1e-7)
     assert result["test/loss"] == pytest.approx(final["test/loss"], rel=1e-6)
@@ -138,7 +139,7 @@ def test_mirror_step_moves_b_towards_w():
     config = tiny_config(
         "wm", **{"mirror.learning_rate": 0.01, "mirror.batch_size": 64, "mirror.noise_std": 1.0}
     )
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
 
     def angle(s, layer="output"):
@@ -190,7 +191,7 @@ def test_bad_configs_exit_2_with_one_line(args, expected, tmp_path):
 
 def test_eval_steps_evaluates_the_first_batches_only():
     config = tiny_config("fa", eval_steps=1)
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     result = trainer.evaluate(state)
     first = next(trainer.ds.eval_batches(split="test", global_batch_size=config.eval_batch_size))

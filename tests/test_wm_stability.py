@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import rules, sharding, train_lib
+from wtfree import rules, sharding
+from wtfree import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,7 +34,7 @@ def _config(rule: str, learning_rate: float):
 def _memorize(config, steps: int, one_batch: bool = True) -> list[float]:
     """Training losses of ``steps`` steps on one fixed batch (or, ``one_batch=False``, on the
     training set's batches in turn), a mirror batch after each."""
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     batches = trainer.train_batches(0)
     batch = sharding.put_batch(next(iter(batches)), trainer.mesh)
     state = trainer.fresh_state()

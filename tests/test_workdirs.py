@@ -12,7 +12,8 @@ import tensorflow_datasets as tfds
 
 from tests.fake_gcs import fake_gcs
 from tests.test_train import tiny_config
-from wtfree import checkpoints, errors, logs, train_lib, workdir
+from wtfree import checkpoints, errors, logs, loop, workdir
+from wtfree import trainer as trainer_lib
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def mock_mnist():
 
 
 def final_state(path, config):
-    trainer = train_lib.Trainer(config)
+    trainer = trainer_lib.Trainer(config)
     with checkpoints.make_manager(path) as manager:
         return jax.device_get(checkpoints.restore(manager, trainer.abstract_state))
 
@@ -37,16 +38,16 @@ def test_gcs_workdir_trains_resumes_and_evaluates(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a URL made local would land in ./gs:/...
     root = tmp_path / "bucket_root"
     config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
-    train_lib.train_and_evaluate(config, str(tmp_path / "local"))
+    loop.train_and_evaluate(config, str(tmp_path / "local"))
     with fake_gcs(str(root)):
         url = "gs://bucket/run"
         # Two runs: 3 steps, then (a longer run is an allowed change) on to 6.
-        train_lib.train_and_evaluate(tiny_config("kp", num_train_steps=3), url)
-        train_lib.train_and_evaluate(config, url)
+        loop.train_and_evaluate(tiny_config("kp", num_train_steps=3), url)
+        loop.train_and_evaluate(config, url)
         assert_same_state(final_state(url, config), final_state(str(tmp_path / "local"), config))
         lines = logs.read_metrics(url)
         assert [line["step"] for line in lines if "train/loss" in line] == [3, 6]
-        result = train_lib.evaluate_checkpoint(url)
+        result = loop.evaluate_checkpoint(url)
     assert not os.path.exists(tmp_path / "gs:")
     run = root / "bucket" / "run"
     assert json.loads((run / "eval_6.json").read_text()) == result
@@ -70,8 +71,8 @@ def damage(checkpoint_dir):
 def test_unreadable_checkpoint_is_set_aside_and_the_run_ends_where_it_would(tmp_path, capsys):
     config = tiny_config("kp", num_train_steps=9, checkpoint_every_steps=3, log_every_steps=3)
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train_lib.train_and_evaluate(config, str(whole))
-    train_lib.train_and_evaluate(config, str(broken))
+    loop.train_and_evaluate(config, str(whole))
+    loop.train_and_evaluate(config, str(broken))
     damage(broken / "checkpoints" / "9")
     # A save killed before orbax renamed its temporary directory: never a step.
     partial = broken / "checkpoints" / "12.orbax-checkpoint-tmp-1234567"
@@ -79,7 +80,7 @@ def test_unreadable_checkpoint_is_set_aside_and_the_run_ends_where_it_would(tmp_
     (partial / "_CHECKPOINT_METADATA").write_text("{")
     capsys.readouterr()
 
-    train_lib.train_and_evaluate(config, str(broken))
+    loop.train_and_evaluate(config, str(broken))
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert len(warnings) == 1, warnings
     assert "checkpoint at step 9 is unreadable (" in warnings[0]
@@ -90,11 +91,11 @@ def test_unreadable_checkpoint_is_set_aside_and_the_run_ends_where_it_would(tmp_
 
 def test_no_readable_checkpoint_stops_with_one_line(tmp_path):
     config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3, keep_checkpoints=2)
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     for step in ("3", "6"):
         damage(tmp_path / "checkpoints" / step)
     with pytest.raises(errors.RunError, match=r"no readable checkpoint .* steps \[6, 3\]"):
-        train_lib.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "unreadable_checkpoints")) == ["3", "6"]
 
 
@@ -102,8 +103,8 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(tmp_p
     """Another version of wtfree wrote it (seen: the optimizer state gained a leaf): that is
     no damage, so no checkpoint is set aside, and the one line names the differing leaves."""
     config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
-    train_lib.train_and_evaluate(config, str(tmp_path))
-    trainer = train_lib.Trainer(config)
+    loop.train_and_evaluate(config, str(tmp_path))
+    trainer = trainer_lib.Trainer(config)
     grown = {**trainer.abstract_state, "extra": jax.ShapeDtypeStruct((), np.int32)}
     shrunk = {k: v for k, v in trainer.abstract_state.items() if k != "rng"}
     for state, only in ((grown, "only in the state: extra)"), (shrunk, "checkpoint: rng;")):
@@ -119,26 +120,26 @@ def test_a_checkpoint_of_another_state_layout_is_refused_and_left_in_place(tmp_p
         whole = checkpoints.restore(manager, trainer.abstract_state, 3)
     assert sorted(parts) == ["params", "step"]
     assert_same_state(parts, {"params": whole["params"], "step": whole["step"]})
-    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
+    assert loop.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
 
 
 def test_evaluate_an_unreadable_step_is_one_line(tmp_path):
     config = tiny_config("kp", num_train_steps=6, checkpoint_every_steps=3)
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     damage(tmp_path / "checkpoints" / "3")
     with pytest.raises(errors.RunError, match="checkpoint at step 3 .* is unreadable"):
-        train_lib.evaluate_checkpoint(str(tmp_path), 3)
+        loop.evaluate_checkpoint(str(tmp_path), 3)
     with pytest.raises(errors.RunError, match=r"no checkpoint at step 4 .* have \[3, 6\]"):
-        train_lib.evaluate_checkpoint(str(tmp_path), 4)
-    assert train_lib.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
+        loop.evaluate_checkpoint(str(tmp_path), 4)
+    assert loop.evaluate_checkpoint(str(tmp_path), 6)["step"] == 6
 
 
 def test_a_changed_experiment_stops_before_touching_the_workdir(tmp_path):
-    train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+    loop.train_and_evaluate(tiny_config("kp"), str(tmp_path))
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     changed = tiny_config("fa", **{"model_kwargs.widths": (8,), "num_train_steps": 9})
     with pytest.raises(errors.RunError) as info:
-        train_lib.train_and_evaluate(changed, str(tmp_path))
+        loop.train_and_evaluate(changed, str(tmp_path))
     message = str(info.value)
     assert "\n" not in message
     assert "model_kwargs.widths ([16] -> [8])" in message and "rule ('kp' -> 'fa')" in message
@@ -166,7 +167,7 @@ def test_a_second_run_on_a_workdir_in_use_stops(tmp_path):
     first = workdir.Lock(tmp_path, heartbeat=0.05)
     first.acquire()
     with pytest.raises(errors.RunError, match="is in use by another run"):
-        train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+        loop.train_and_evaluate(tiny_config("kp"), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "config.json").exists()
     # The first run's heartbeat sees another run take the lock over (its holder died).
     stolen = workdir.Lock(tmp_path, stale_after=0.0)
@@ -184,7 +185,7 @@ def test_a_dead_holder_does_not_keep_the_workdir(tmp_path):
     (tmp_path / "lock").write_text(
         json.dumps({"token": "x", "host": os.uname().nodename, "pid": 2**22 + 7, "time": 1e12})
     )
-    train_lib.train_and_evaluate(tiny_config("kp"), str(tmp_path))
+    loop.train_and_evaluate(tiny_config("kp"), str(tmp_path))
     assert not (tmp_path / "lock").exists()
 
 
@@ -197,7 +198,7 @@ def test_a_diverged_run_stops_and_never_saves_after_the_first_nonfinite_loss(tmp
         **{"optimizer.learning_rate": 1e38},
     )
     with pytest.raises(errors.Diverged) as info:
-        train_lib.train_and_evaluate(config, str(tmp_path))
+        loop.train_and_evaluate(config, str(tmp_path))
     message = str(info.value)
     step = int(message.split(" at step ")[1].split(";")[0])
     with checkpoints.make_manager(tmp_path) as manager:

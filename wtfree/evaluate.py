@@ -11,7 +11,7 @@ import sys
 
 from absl import app, flags
 
-from wtfree import errors, logs, train_lib
+from wtfree import errors, logs, loop
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint's step (default: the latest).")
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> None:
         print(f"wtfree.evaluate: error: --step={_STEP.value}; allowed: >= 0", file=sys.stderr)
         sys.exit(2)
     try:
-        result = train_lib.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
+        result = loop.evaluate_checkpoint(_WORKDIR.value, _STEP.value)
     except (errors.RunError, ValueError) as e:
         print(f"wtfree.evaluate: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -187,7 +187,7 @@ def apply_rule(
     rng = None
     if rule.needs_rng:
         # Only the backward pass draws from it: forward-only applies (evaluation, mirror
-        # mode) may come without the stream. Training always passes it (train_lib).
+        # mode) may come without the stream. Training always passes it (wtfree.steps).
         has = module.has_rng(FEEDBACK_RNG)
         rng = module.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
     return rule.apply(f, x, w, b, rng)

@@ -210,7 +210,7 @@ def alignment_feedback(f: LinearFn, x: Array, w: Array, b: Array, rng: Array | N
       \Delta W = J_W f(x, \cdot)^\top \delta, \qquad \Delta B = 0.
 
     The task loss gives B nothing; B moves by the gradient of its rule's alignment loss, which
-    the layer sows and the train step adds (``wtfree.layers``, ``wtfree.train_lib``).
+    the layer sows and the train step adds (``wtfree.layers``, ``wtfree.steps``).
 
     Args:
       f: the linear op, ``f(x, W) -> y``.

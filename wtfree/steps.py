@@ -1,0 +1,263 @@
+"""Pure train, eval, measure and mirror steps on a plain-dict state, to jit in any loop."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from wtfree import layers, metrics, rules, sharding
+
+State = dict[str, Any]
+# The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
+STATE_COLLECTIONS = ("params", "feedback", "batch_stats")
+
+
+def init_variables(model, rng, input_shape) -> tuple[dict, dict]:
+    """Initial variables (params, feedback, batch_stats) and the trained-feedback flags."""
+    variables = model.init({"params": rng}, jnp.zeros(input_shape, jnp.float32), train=False)
+    flags = variables.get(layers.TRAINED_FEEDBACK, {})
+    return {k: variables[k] for k in STATE_COLLECTIONS if k in variables}, flags
+
+
+def init_state(model, tx, rng, input_shape) -> State:
+    """A fresh train state: a plain dict of arrays."""
+    init_rng, rng = jax.random.split(rng)
+    variables, _ = init_variables(model, init_rng, input_shape)
+    trainable = {k: variables.get(k, {}) for k in ("params", "feedback")}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "rng": rng,
+        **{k: variables.get(k, {}) for k in STATE_COLLECTIONS},
+        "opt_state": tx.init(trainable),
+    }
+
+
+def _variables(state: State) -> dict:
+    return {k: state[k] for k in STATE_COLLECTIONS if state[k]}
+
+
+def _apply(model, variables, x, train: bool, rngs=None, mutable=()):
+    """Applies the model; batch stats are updated in train mode when the model has them."""
+    mutable = list(mutable)
+    if train and "batch_stats" in variables:
+        mutable.append("batch_stats")
+    out = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable or False)
+    return out if mutable else (out, {})
+
+
+def _step_rngs(state: State) -> dict:
+    # Keyed by step, so a resumed run draws what an uninterrupted one would.
+    return {
+        layers.FEEDBACK_RNG: jax.random.fold_in(jax.random.fold_in(state["rng"], 0), state["step"])
+    }
+
+
+def make_train_step(model, tx, loss_name: str, alignment=None):
+    r"""``train_step(state, batch) -> (state, measurements)``: one step of the model's rule.
+
+    With ``alignment`` (``config.alignment``; for the rules sa, aa, ia, wm_reg), the layers
+    sow their alignment primitives and the step minimizes
+    :math:`L_\text{task} + \sum_\text{layers} R_\text{rule}(B)`. Each layer's R sees W and
+    its input with the gradient stopped and the task loss gives B nothing, so in the one
+    gradient W gets the task's alone and B its alignment loss's alone. ``alignment.input`` is
+    ``activations`` (the layer's own input) or ``normal`` / ``uniform`` noise of std
+    ``alignment.input_std``; ``alignment.coefficients`` maps each rule to its alpha, beta,
+    gamma (``wtfree.rules.alignment``); ``alignment.positions`` (``sum`` or ``mean``) whether a
+    conv's primitives that read x sum or average over its output positions. B's step size,
+    ``alignment.learning_rate_scale`` times W's, is the optimizer's (``trainer.make_optimizer``).
+    """
+    loss_fn = metrics.get_loss(loss_name)
+    if alignment is not None and alignment.input not in layers.ALIGNMENT_INPUTS:
+        allowed = ", ".join(layers.ALIGNMENT_INPUTS)
+        raise ValueError(f"alignment.input={alignment.input!r}; allowed: {allowed}")
+
+    def rngs_for(state: State) -> dict:
+        rngs = _step_rngs(state)
+        if alignment is not None and alignment.input in layers.ALIGNMENT_NOISE_RNGS:
+            stream = layers.ALIGNMENT_NOISE_RNGS[alignment.input]
+            rngs[stream] = jax.random.fold_in(jax.random.fold_in(state["rng"], 3), state["step"])
+        return rngs
+
+    def alignment_loss(sown):
+        if alignment is None:
+            return jnp.zeros((), jnp.float32)
+        # Noise primitives are measured at unit variance; they are quadratic in the input.
+        scale = 1.0 if alignment.input == "activations" else alignment.input_std**2
+        coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
+        positions = alignment.get("positions", "sum")
+        return rules.alignment.total_loss(sown, coefficients, scale, positions)
+
+    mutable = [layers.ALIGNMENT_LOSS] if alignment is not None else []
+
+    def train_step(state: State, batch):
+        def loss(trainable):
+            variables = {**_variables(state), **trainable}
+            logits, new = _apply(model, variables, batch["image"], True, rngs_for(state), mutable)
+            per_example = loss_fn(logits.astype(jnp.float32), batch["label"])
+            task = per_example.mean()
+            aligning = alignment_loss(new.get(layers.ALIGNMENT_LOSS, {}))
+            return task + aligning, (logits, new, task, aligning)
+
+        trainable = {"params": state["params"], "feedback": state["feedback"]}
+        (_, (logits, new, value, aligning)), grads = jax.value_and_grad(loss, has_aux=True)(
+            trainable
+        )
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        new_state = {
+            **state,
+            **trainable,
+            "batch_stats": new.get("batch_stats", state["batch_stats"]),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
+        measurements = {"train/loss": value}
+        if batch["label"].ndim == 1:  # class labels
+            measurements["train/accuracy"] = metrics.correct(logits, batch["label"]).mean()
+        else:  # regression targets
+            measurements["train/nse"] = metrics.normalized_squared_error(logits, batch["label"])
+        if alignment is not None:
+            measurements["train/alignment_loss"] = aligning
+        return new_state, measurements
+
+    return train_step
+
+
+def make_measure_step(model, loss_name: str):
+    """``measure(state, batch) -> measurements``: per layer the angle of B to W, ||B||/||W||,
+    and the angle between the error the rule sends to each layer and backprop's (same batch)."""
+    loss_fn = metrics.get_loss(loss_name)
+    bp_model = model.clone(rule="bp", output_rule="bp")
+
+    def deltas(m, variables, state, batch):
+        x = batch["image"]
+        shapes = jax.eval_shape(
+            lambda: _apply(m, variables, x, False, mutable=[layers.PERTURBATIONS])[1]
+        )[layers.PERTURBATIONS]
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+        def loss(perturbations):
+            v = {**variables, layers.PERTURBATIONS: perturbations}
+            logits, _ = _apply(m, v, x, True, _step_rngs(state))
+            return loss_fn(logits.astype(jnp.float32), batch["label"]).mean()
+
+        return jax.grad(loss)(zeros)
+
+    def measure(state: State, batch):
+        variables = _variables(state)
+        _, sown = _apply(model, variables, batch["image"][:1], False, mutable=[layers.ALIGNMENT])
+        out = metrics.alignment(sown.get(layers.ALIGNMENT, {}))
+        bp_variables = {k: v for k, v in variables.items() if k != "feedback"}
+        out.update(
+            metrics.delta_angles(
+                deltas(model, variables, state, batch), deltas(bp_model, bp_variables, state, batch)
+            )
+        )
+        return out
+
+    return measure
+
+
+def make_eval_step(model, loss_name: str, top_k: tuple[int, ...] = (1,)):
+    """``eval_step(state, batch) -> sums``: masked sums of loss and of correct predictions."""
+    loss_fn = metrics.get_loss(loss_name)
+
+    def eval_step(state: State, batch):
+        logits, _ = _apply(model, _variables(state), batch["image"], False)
+        logits = logits.astype(jnp.float32)
+        mask = batch.get("mask", jnp.ones(logits.shape[:1], jnp.float32))
+        sums = {"loss": jnp.sum(loss_fn(logits, batch["label"]) * mask), "count": mask.sum()}
+        if batch["label"].ndim > 1:  # regression targets: the NSE's two sums (see trainer.evaluate)
+            error = jnp.sum(jnp.square(logits - batch["label"]), axis=-1)
+            sums["nse/error"] = jnp.sum(error * mask)
+            sums["nse/target"] = jnp.sum(jnp.sum(jnp.square(batch["label"]), axis=-1) * mask)
+            return sums
+        for k in top_k:
+            key = "accuracy" if k == 1 else f"accuracy_top{k}"
+            sums[key] = jnp.sum(metrics.correct(logits, batch["label"], k) * mask)
+        return sums
+
+    return eval_step
+
+
+def make_mirror_step(
+    model, mesh, input_shape, *, learning_rate, decay, noise_std, noise: str = "normal"
+):
+    r"""``mirror_step(state, rng) -> state``: one weight-mirror batch for every ``wm`` layer.
+
+    Runs per device under ``jax.shard_map``: each device feeds every layer its own noise batch
+    (the key folded with the device index), measures the Hebbian product H, and ``lax.pmean``
+    averages H so that B stays identical everywhere:
+    :math:`B \leftarrow B + \eta\sigma^2\,\mathrm{mean}_d H_d - \lambda B`.
+    ``input_shape`` is the per-device noise batch (batch first); ``noise`` its distribution
+    (``rules.MIRROR_NOISES``, unit variance). The model's forward values are unused, so XLA
+    drops them.
+    """
+    hebbian = _make_hebbian(model, input_shape, noise)
+
+    def per_device(variables, rng):
+        # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
+        # w.r.t. a device-invariant input sums over devices by itself (its transpose is a
+        # psum), which would make the pmean below a sum.
+        variables = jax.tree.map(lambda v: lax.pcast(v, sharding.DATA, to="varying"), variables)
+        rng = jax.random.fold_in(rng, lax.axis_index(sharding.DATA))
+        return lax.pmean(hebbian(variables, rng), sharding.DATA)
+
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P()), out_specs=P())
+
+    def mirror_step(state: State, rng) -> State:
+        h = sharded(_variables(state), rng)
+        return _mirror_update(
+            state, h, learning_rate=learning_rate, decay=decay, noise_std=noise_std
+        )
+
+    return mirror_step
+
+
+def _make_hebbian(model, input_shape, noise: str):
+    """``hebbian(variables, rng) -> H``: every ``wm`` layer's Hebbian product on one noise batch
+    of ``input_shape``, drawn from ``noise``; the mesh-free core of ``make_mirror_step``."""
+    if noise not in layers.MIRROR_NOISE_RNGS:
+        raise ValueError(f"mirror.noise={noise!r}; allowed: {', '.join(layers.MIRROR_NOISE_RNGS)}")
+    stream = layers.MIRROR_NOISE_RNGS[noise]
+
+    def hebbian(variables, rng):
+        x = jnp.zeros(input_shape, jnp.float32)
+        _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
+        return sown.get(layers.MIRROR, {})
+
+    return hebbian
+
+
+def _mirror_update(state: State, h, *, learning_rate, decay, noise_std) -> State:
+    """``state`` with each ``wm`` layer's B moved by its Hebbian product ``h``
+    (``rules.apply_hebbian``)."""
+    h = traverse_util.flatten_dict(h)
+    feedback = traverse_util.flatten_dict(state["feedback"])
+    for path, value in h.items():
+        feedback[path] = rules.apply_hebbian(
+            feedback[path], value, learning_rate=learning_rate, decay=decay, noise_std=noise_std
+        )
+    return {**state, "feedback": traverse_util.unflatten_dict(feedback)}
+
+
+def _mirror_rng(state: State, stream: int, index) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(state["rng"], stream), index)
+
+
+def feedback_at_weights(state: State) -> State:
+    """``state`` with every B replaced by its W: a diagnostic (experiments/feedback_at_weights.py)
+    that starts a rule whose B learns toward W where it would end. Weight transport, once."""
+    params = traverse_util.flatten_dict(state["params"])
+    feedback = traverse_util.flatten_dict(state["feedback"])
+    missing = sorted("/".join(k) for k in feedback if k not in params)
+    if missing:
+        raise ValueError(f"feedback without a weight of the same path: {', '.join(missing)}")
+    copied = {k: params[k] for k in feedback}
+    if any(params[k].shape != b.shape for k, b in feedback.items()):
+        raise ValueError("a B whose shape is not its W's (dfa's direct feedback has no W)")
+    return {**state, "feedback": traverse_util.unflatten_dict(copied)}
