@@ -1,4 +1,4 @@
-"""wtfree.convert: a stock linen model's Dense, DenseGeneral, Conv and Einsum under each rule."""
+"""wtfree.linen.convert: a stock linen model's Dense, DenseGeneral, Conv, Einsum under each rule."""
 
 import flax.linen as nn
 import jax
@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import convert as convert_lib
 from wtfree import layers
+from wtfree import linen as convert_lib
 
 B = convert_lib.FEEDBACK_KERNEL
 

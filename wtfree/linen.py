@@ -1,4 +1,5 @@
-"""Any linen model's Dense, DenseGeneral, Conv and Einsum layers computed by a learning rule.
+"""wtfree.linen.convert (wtfree.convert): any linen model's Dense, DenseGeneral, Conv and Einsum
+layers computed by a learning rule.
 
 ``wtfree.convert(model, "fa")`` returns the same model: the same parameters at the same paths,
 the same forward values, but every stock linear layer sends the error down by the rule. It
