@@ -11,7 +11,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from wtfree import layers, metrics, rules, sharding
-from wtfree.convert import Converted
+from wtfree.linen import Converted
 
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.

@@ -9,7 +9,7 @@ import functools
 
 import flax.linen as nn
 
-from wtfree.convert import Options, convert
+from wtfree.linen import Options, convert
 from wtfree.models import convnet, mlp, resnet, vit
 
 # Models that know nothing of learning rules: plain linen modules, as a user would write them.
