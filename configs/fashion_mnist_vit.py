@@ -2,20 +2,25 @@ r"""A small Vision Transformer on Fashion-MNIST (or MNIST), written with stock F
 
     python train.py --config=configs/fashion_mnist_vit.py:rule=bp \
         --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/bp
-    python train.py --config=configs/fashion_mnist_vit.py:rule=bp,runlocal=True \
-        --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/local
+    python train.py --config=configs/fashion_mnist_vit.py:rule=kp,runlocal=True \
+        --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/local_kp
 
-`rule` is bp for now (wtfree.models.build_stock refuses the others in one line until
-``wtfree.convert`` gives a stock model a rule); `dataset` is fashion_mnist (TFDS, or the IDX
-files of Debian's dataset-fashion-mnist through `--config.idx_dir`) or mnist (the offline
-copy); `runlocal=True` trains 20 steps of batch 32, for a quick look.
+`rule` is any of wtfree.rules.names() but dfa and dfa_block (refused in one line:
+``wtfree.convert`` routes no output error past the layers); under bp the model runs as it is,
+under any other rule through ``wtfree.convert`` (wtfree.models.build_stock). `dataset` is
+fashion_mnist (TFDS, or the IDX files of Debian's dataset-fashion-mnist through
+`--config.idx_dir`) or mnist (the offline copy); `runlocal=True` trains 20 steps of batch 32,
+for a quick look.
 
 The net (wtfree/models/vit.py): 4x4 patches of 7x7 pixels embedded to 64 by one strided conv,
 a class token, learned position embeddings (17 tokens), 4 pre-LN blocks of 4-head
 self-attention (nn.MultiHeadDotProductAttention: its query, key, value and out projections are
 nn.DenseGeneral) and a 64-128-64 GELU MLP, a final layer norm, a dense head on the class
 token; 139,018 parameters. Every weight that multiplies an activation is a stock nn.Conv,
-nn.DenseGeneral or nn.Dense kernel, which is what a rule reaches.
+nn.DenseGeneral or nn.Dense kernel, which is what a rule reaches: B and its angle to W are
+kept for each, the attention's query, key, value and out projections included. The patch
+embedding reads the image itself, so its B would send no error anywhere: convert keeps it on
+backprop (the same W gradient) and stores no B for it.
 
 Runtime: the one-epoch bp command below took 138 s wall, start, compile and evaluation
 included, on the 2-core machine this was written on with a load average of 9-10 from other

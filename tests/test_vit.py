@@ -13,7 +13,7 @@ from flax import traverse_util
 
 import wtfree
 from configs import fashion_mnist_vit
-from wtfree import loop, models
+from wtfree import config_lib, loop, models
 from wtfree.models import vit
 
 # The layers wtfree.convert intercepts: every weight that multiplies an activation must be
@@ -204,3 +204,23 @@ def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule)
             assert record[f"align/delta_angle/{layer}"] > 1.0, (layer, record)
     if rule == "sa":
         assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
+
+
+@pytest.mark.parametrize(
+    "rule,key,value,refused",
+    [
+        ("wm", "mirror.noise", "rademacher", "mirror.noise='rademacher' with model='vit'"),
+        ("fa", "mirror.noise", "rademacher", None),  # fa has no mirror: the option is unused
+        ("sa", "alignment.input", "normal", "alignment.input='normal' with model='vit'"),
+        ("kp", "alignment.input", "normal", None),
+    ],
+)
+def test_noise_options_a_converted_model_does_not_read_are_refused(rule, key, value, refused):
+    config = fashion_mnist_vit.get_config(f"rule={rule}")
+    section, name = key.split(".")
+    config[section][name] = value
+    if refused is None:
+        config_lib.validate(config)
+    else:
+        with pytest.raises(ValueError, match=f"^{refused}; allowed: "):
+            config_lib.validate(config)
