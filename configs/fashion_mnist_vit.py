@@ -34,7 +34,9 @@ cosine over 468 steps):
         --config.idx_dir=/usr/share/datasets/fashion-mnist --config.num_epochs=1 \
         --workdir=runs/vit/bp_1epoch
 
-The 5-epoch runs, the other rules and the seeds are not measured yet.
+fa, the same command with rule=fa: 73.42% after one epoch, every hidden B still 87-91
+degrees from W (docs/vit.md). The 5-epoch runs, the other rules and the seeds are not
+measured yet.
 
 Hyperparameters, the same for every rule: SGD, momentum 0.9, learning rate 0.05 with a
 linear warmup over the first half epoch and cosine decay to 0 (over 200 steps 0.05 led 0.15
