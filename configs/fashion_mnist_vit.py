@@ -34,7 +34,7 @@ cosine over 468 steps):
         --config.idx_dir=/usr/share/datasets/fashion-mnist --config.num_epochs=1 \
         --workdir=runs/vit/bp_1epoch
 
-fa, the same command with rule=fa: 73.42% after one epoch, every hidden B still 87-91
+fa, the same command with rule=fa: 73.42% after one epoch, every hidden B still 87.6-91.9
 degrees from W (docs/vit.md). The 5-epoch runs, the other rules and the seeds are not
 measured yet.
 
