@@ -96,20 +96,6 @@ def _lookup(config, key: str):
     return config
 
 
-def _check_stock_options(config: ml_collections.ConfigDict) -> None:
-    """A stock model learns through ``wtfree.convert``'s default options, which draw the mirror
-    noise and read the alignment input from one stream each: only their defaults are wired."""
-    kinds = rules.feedback_kinds(config.rule, config.get("output_rule") or None)
-    noise = config.get("mirror", {}).get("noise", "normal")
-    if rules.MIRROR in kinds and noise != "normal":
-        raise ValueError(f"mirror.noise={noise!r} with model={config.model!r}; allowed: normal")
-    source = config.get("alignment", {}).get("input", "activations")
-    if rules.LOSS in kinds and source != "activations":
-        raise ValueError(
-            f"alignment.input={source!r} with model={config.model!r}; allowed: activations"
-        )
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every name and every value of ``config`` before anything is built.
 
@@ -121,8 +107,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         rules.get(config.output_rule)
     models.get(config.model)
     models.check_rule(config.model, config.rule, config.get("output_rule"))
-    if config.model in models.STOCK:
-        _check_stock_options(config)
     if config.dataset not in data.DATASETS:
         raise ValueError(
             f"unknown dataset {config.dataset!r}; "

@@ -35,15 +35,18 @@ def build_stock(
     num_classes: int,
     rule: str = "bp",
     output_rule: str | None = None,
+    mirror_noise: str = "normal",
+    alignment_input: str = "activations",
     **kwargs,
 ) -> nn.Module:
     """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass: as it is
-    under bp, else through ``wtfree.convert`` (its default options: a layer named ``output``
-    takes ``output_rule``, normal mirror noise, alignment losses on the layers' inputs)."""
+    under bp, else through ``wtfree.convert`` (a layer named ``output`` takes ``output_rule``;
+    ``mirror_noise`` and ``alignment_input`` are convert's options of those names)."""
     model = model_cls(num_classes=num_classes, **kwargs)
     if rule == "bp" and output_rule in (None, "", "bp"):
         return model
-    return convert(model, rule, output_rule=output_rule or None)
+    options = dict(mirror_noise=mirror_noise, alignment_input=alignment_input)
+    return convert(model, rule, output_rule=output_rule or None, **options)
 
 
 MODELS = {
