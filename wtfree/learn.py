@@ -76,15 +76,17 @@ class Mirror:
     """The weight-mirror step's settings (Akrout et al. 2019, eqs. 6-11).
 
     Attributes:
-      learning_rate: :math:`\\eta`.
-      decay: :math:`\\lambda`.
+      learning_rate: :math:`\\eta`; None: :math:`\\lambda / (n\\sigma^2)` for a mirror batch of
+        n examples, which settles B at W itself in every layer (B's fixed point is
+        :math:`\\eta n \\sigma^2 / \\lambda` times W).
+      decay: :math:`\\lambda`; B averages W over the last ``every / decay`` steps.
       noise_std: :math:`\\sigma`, the noise's std (its distribution is the model's
         ``mirror_noise`` option).
       every: one mirror step before every ``every``-th train step.
     """
 
-    learning_rate: float = 0.05
-    decay: float = 0.05
+    learning_rate: float | None = None
+    decay: float = 0.1
     noise_std: float = 1.0
     every: int = 1
 
@@ -114,12 +116,16 @@ def mirror_step(
     """
     _, sown = model.apply(variables, *inputs, rngs={MIRROR_RNG: rng}, mutable=[layers.MIRROR])
     hebbian = traverse_util.flatten_dict(dict(sown.get(layers.MIRROR, {})))
+    n = jax.tree.leaves(inputs)[0].shape[0]
+    rate = mirror.learning_rate
+    if rate is None:
+        rate = mirror.decay / (n * mirror.noise_std**2)
     feedback = traverse_util.flatten_dict(dict(variables["feedback"]))
     for path, h in hebbian.items():
         feedback[path] = rules.apply_hebbian(
             feedback[path],
             h,
-            learning_rate=mirror.learning_rate,
+            learning_rate=rate,
             decay=mirror.decay,
             noise_std=mirror.noise_std,
         )
