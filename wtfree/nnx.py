@@ -26,25 +26,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from wtfree import layers, rules
+from wtfree import kinds, layers, rules
+from wtfree.kinds import Feedback
+from wtfree.kinds.fixed import FixedFeedback
+from wtfree.kinds.gradient import TrainedFeedback
 from wtfree.linen import Options
 
 Array = jax.Array
 
 
-class Feedback(nnx.Variable):
-    """A layer's feedback weights B, shaped like its kernel W."""
-
-
-class FixedFeedback(Feedback):
-    """B drawn once and never trained (fa, frsf)."""
-
-
-class TrainedFeedback(Feedback):
-    """B trained with W by W's optimizer (Kolen-Pollack: its gradient is W's)."""
-
-
-_KINDS = {rules.FIXED: FixedFeedback, rules.GRADIENT: TrainedFeedback}
 _LAYERS = (nnx.Linear, nnx.LinearGeneral, nnx.Conv, nnx.Einsum)
 # The layer whose op is running: the swapped op reads its B, rule and rng from it.
 _CURRENT: contextvars.ContextVar = contextvars.ContextVar("wtfree_nnx_layer")
@@ -71,8 +61,8 @@ def convert(model: nnx.Module, rule: str, *, rngs: nnx.Rngs | int = 0, **options
     """
     options = Options(rule, **options)
     for name in {options.rule, options.output_rule or options.rule}:
-        kind = rules.get(name).feedback
-        if kind not in (rules.NONE, *_KINDS):
+        kind = kinds.get(rules.get(name).feedback)
+        if kind.stores_feedback and kind.nnx_variable is None:
             raise ValueError(
                 f"rule {name!r}: wtfree.nnx offers rules whose B is none, fixed or trained with W "
                 "(bp, fa, usf, frsf, brsf, kp, shallow); use wtfree.convert for the others"
@@ -122,7 +112,8 @@ def _convert_layer(module, name: str, options: Options, rngs: nnx.Rngs) -> None:
     module.wtfree_std = layers.init_std(1.0, "fan_in", flat)
     if rule.stores_feedback:
         b = nnx.initializers.lecun_normal()(rngs.params(), flat, w.dtype).reshape(w.shape)
-        module.feedback_kernel = _KINDS[rule.feedback](options.feedback_scale * b)
+        variable = kinds.get(rule.feedback).nnx_variable
+        module.feedback_kernel = variable(options.feedback_scale * b)
     if rule.needs_rng:
         module.wtfree_rngs = nnx.Rngs(feedback=rngs.feedback())
     if isinstance(module, (nnx.Linear, nnx.LinearGeneral)):
