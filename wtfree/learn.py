@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from wtfree import kinds, layers, optim
+from wtfree import kinds, layers, optim, rules
 from wtfree.kinds.loss import Alignment, alignment_loss
 from wtfree.kinds.mirror import Mirror, mirror_step
 from wtfree.linen import ALIGNMENT_RNG, Converted
@@ -87,7 +87,8 @@ def make_train_step(
 ) -> Callable:
     """Returns ``train_step(state, batch, rng) -> (state, measurements)``, pure and jittable.
 
-    It does everything the model's rules need: the mirror step first (wm), the task loss's
+    It does everything the model's rules need: the mirror step first (wm), for dfa a first
+    forward pass for the error at the output, the task loss's
     gradient for W (and for KP's B), the alignment loss's gradient for B (sa, aa, ia, wm_reg),
     brSF's draw of feedback magnitudes, then ``tx``'s update. ``state`` is
     ``{"step", "variables", "opt_state"}`` (:func:`init_train_state`); ``tx`` is the output of
@@ -104,6 +105,8 @@ def make_train_step(
         None: ``Alignment()``).
     """
     used = [kinds.get(name) for name in sorted(model.options.kinds())]
+    names = {model.options.rule, model.options.output_rule or model.options.rule}
+    direct = any(rules.get(name).direct for name in names)
     mutable = [c for kind in used for c in kind.mutable]
     settings = {"mirror": mirror or Mirror(), "loss": alignment or Alignment()}
 
@@ -116,10 +119,16 @@ def make_train_step(
             )
         trainable = {"params": variables["params"], "feedback": variables.get("feedback", {})}
 
+        rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
+        kwargs = {}
+        if direct:
+            # DFA's first pass: the loss's gradient at the output, sent to every layer.
+            outputs = model.apply(variables, *inputs(batch), rngs=rngs)
+            kwargs["output_error"] = jax.grad(loss_fn)(outputs, batch)
+
         def total_loss(trainable):
-            rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
             outputs, sown = model.apply(
-                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable
+                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable, **kwargs
             )
             task = loss_fn(outputs, batch)
             aligning = sum(kind.loss(model, sown, settings.get(kind.name)) for kind in used)
