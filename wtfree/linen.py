@@ -177,22 +177,22 @@ def _intercept(options: Options, inputs: Sequence[Array], error, next_fun, args,
     module = context.module
     if context.method_name != "__call__" or getattr(module, "_wtfree_converting", False):
         return next_fun(*args, **kwargs)
+    own = isinstance(module, layers._RuleLinear)
+    layer = None if own else _layer_type(module)
+    if not own and layer is None:
+        return next_fun(*args, **kwargs)
     path = tuple(module.path)
     x = args[0] if args else None
     is_input = options.is_input(path) or any(x is a for a in inputs)
     name = "bp" if is_input else options.rule_at(path)
-    converted = isinstance(module, layers._RuleLinear) or _layer_type(module) is not None
-    if converted and rules.get(name).direct:
+    if rules.get(name).direct:
         # DFA: W learns locally (bp for W); x's error is e B, nothing through W.
         args = (_direct_input(module, options, x, error), *args[1:])
         name = "bp"
-    if isinstance(module, layers._RuleLinear):
+    if own:
         fields = {"rule": name, "feedback_scale": options.feedback_scale, "input_layer": is_input}
         with _swapped(module, **fields):
             return next_fun(*args, **kwargs)
-    layer = _layer_type(module)
-    if layer is None:
-        return next_fun(*args, **kwargs)
     rule = rules.get(name)
     if layer is _EINSUM:
         return _einsum(module, options, rule, next_fun, *args, **kwargs)
@@ -216,7 +216,8 @@ def _direct_input(module: nn.Module, options: Options, x: Array, error: Array | 
         layers.FEEDBACK, DIRECT_KERNEL, lambda: init(module.make_rng("params"), shape)
     ).value
     if error is None:
-        return x
+        # No output error given: the layers below get none (never one through W^T).
+        error = jnp.zeros((x.shape[0], options.outputs), x.dtype)
     return rules.direct_feedback_input(x, lax.stop_gradient(error), b)
 
 
@@ -309,6 +310,8 @@ def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -
         b = options.feedback_scale * jnp.reshape(b, w.shape)
         return b
 
+    mirror_noise, mirror_rng = _mirror_noise(module, options)
+    alignment_input, alignment_rng = _alignment_input(module, options)
     mask = getattr(module, "mask", None)
     if mask is not None:
         # A masked conv's W is kernel * mask (the stock layer does it); its B is masked alike.
@@ -323,14 +326,34 @@ def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -
         # The sign rules' scale: W's std under flax's default kernel_init (lecun_normal).
         std=layers.init_std(1.0, "fan_in", shape),
         feedback_name=FEEDBACK_KERNEL,
-        mirror_noise=options.mirror_noise if _mirroring(module) else None,
-        mirror_rng=MIRROR_RNG,
-        alignment_input=options.alignment_input,
-        alignment_rng=ALIGNMENT_RNG,
+        mirror_noise=mirror_noise,
+        mirror_rng=mirror_rng,
+        alignment_input=alignment_input,
+        alignment_rng=alignment_rng,
         dtype=w.dtype,
         sow_at_init=False,
     )
     return module.perturb("delta", y, collection=layers.PERTURBATIONS)
+
+
+def _mirror_noise(module: nn.Module, options: Options) -> tuple[str | None, str]:
+    """The mirror noise's distribution and stream: the options', or, where wtfree's own train
+    step names the distribution by its stream (``layers.MIRROR_NOISE_RNGS``), that one."""
+    if not _mirroring(module):
+        return None, MIRROR_RNG
+    for distribution, stream in layers.MIRROR_NOISE_RNGS.items():
+        if stream != MIRROR_RNG and module.has_rng(stream):
+            return distribution, stream
+    return options.mirror_noise, MIRROR_RNG
+
+
+def _alignment_input(module: nn.Module, options: Options) -> tuple[str, str]:
+    """What the alignment losses read: the options' input, or noise where wtfree's own train
+    step passes a noise stream (``layers.ALIGNMENT_NOISE_RNGS``)."""
+    for distribution, stream in layers.ALIGNMENT_NOISE_RNGS.items():
+        if module.has_rng(stream):
+            return distribution, stream
+    return options.alignment_input, ALIGNMENT_RNG
 
 
 def _mirroring(module: nn.Module) -> bool:
