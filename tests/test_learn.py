@@ -116,3 +116,42 @@ def test_train_step_trains_under_every_rule(rule):
         state, measurements = step(state, batch, jax.random.key(i))
         losses.append(float(measurements["loss"]))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_dfa_hidden_errors_are_e_times_b():
+    model, variables, x = _setup("dfa", outputs=3)
+    d = wtfree.linen.DIRECT_KERNEL
+    # Every layer but the input layer holds a B from the 3 outputs to its input's units.
+    assert {k: v[d].shape for k, v in variables["feedback"].items()} == {
+        "hidden": (3, 6),
+        "output": (3, 6),
+    }
+    y = jax.random.normal(jax.random.key(7), (8, 3))
+    batch = {"x": x, "y": y}
+    tx = wtfree.optimizer(optax.sgd(1.0), variables)
+    state = learn.init_train_state(variables, tx)
+    step = learn.make_train_step(model, tx, _mse, inputs=lambda b: (b["x"],))
+    new, _ = step(state, batch, jax.random.key(0))
+    got = jax.tree.map(lambda a, b: a - b, variables["params"], new["variables"]["params"])
+
+    p, fb = variables["params"], variables["feedback"]
+    a1 = x @ p["input"]["kernel"] + p["input"]["bias"]
+    h1 = jax.nn.relu(a1)
+    a2 = h1 @ p["hidden"]["kernel"] + p["hidden"]["bias"]
+    h2 = jax.nn.relu(a2)
+    out = h2 @ p["output"]["kernel"] + p["output"]["bias"]
+    e = 2 * (out - y) / out.size  # the MSE's gradient at the output
+    delta2 = (e @ fb["output"][d]) * (a2 > 0)  # the output layer's B, not W^T
+    delta1 = (e @ fb["hidden"][d]) * (a1 > 0)
+    want = {"output": h2.T @ e, "hidden": h1.T @ delta2, "input": x.T @ delta1}
+    for name, dw in want.items():
+        np.testing.assert_allclose(got[name]["kernel"], dw, rtol=1e-4, atol=1e-6)
+    # The fixed B do not move, and without the output error the forward pass is the stock one.
+    jax.tree.map(np.testing.assert_array_equal, new["variables"]["feedback"], variables["feedback"])
+    stock = Mlp().apply({"params": p}, x)
+    np.testing.assert_array_equal(model.apply(variables, x), stock)
+
+
+def test_dfa_needs_the_output_width():
+    with pytest.raises(ValueError, match="rule 'dfa' needs outputs="):
+        wtfree.convert(Mlp(), "dfa")

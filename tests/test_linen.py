@@ -231,3 +231,33 @@ def test_bad_options_are_refused_in_one_line():
         convert_lib.convert(Stock(), "nope")
     with pytest.raises(ValueError, match="mirror_noise='cauchy'"):
         convert_lib.convert(Stock(), "wm", mirror_noise="cauchy")
+
+
+class WithTrainFlag(nn.Module):
+    """A stock model with the ``train`` argument wtfree's own train step passes."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        x = nn.relu(nn.Dense(8, name="input")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3, name="output")(nn.relu(nn.Dense(8, name="hidden")(x)))
+
+
+def test_a_converted_model_trains_in_wtfrees_own_train_step():
+    from wtfree import optim, steps
+
+    # The input layer reads a reshaped input, so it is named to be recognized.
+    model = convert_lib.convert(WithTrainFlag(), "kp", is_input=lambda path: path[-1] == "input")
+    shape = (4, 2, 2, 1)
+    _, flags = steps.init_variables(model, jax.random.key(0), shape)
+    assert flags == {"hidden": {B: True}, "output": {B: True}}
+    tx = optim.make_optimizer(0.1, flags)
+    state = steps.init_state(model, tx, jax.random.key(1), shape)
+    step = jax.jit(steps.make_train_step(model, tx, "softmax_xent"))
+    batch = {"image": jax.random.normal(jax.random.key(2), shape), "label": jnp.arange(4) % 3}
+    new, measurements = step(state, batch)
+    for name in ("hidden", "output"):
+        moved_w = new["params"][name]["kernel"] - state["params"][name]["kernel"]
+        moved_b = new["feedback"][name][B] - state["feedback"][name][B]
+        np.testing.assert_allclose(moved_b, moved_w, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(measurements["train/loss"])

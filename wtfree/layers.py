@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wtfree import metrics, optim, rules
+from wtfree import kinds, metrics, optim, rules
 
 Array = jax.Array
 
@@ -152,11 +152,13 @@ def apply_rule(
     Returns:
       ``f(x, W)``, without bias.
     """
-    if rule.stores_feedback and not rule.direct:
+    kind = kinds.get(rule.feedback)
+    if kind.stores_feedback and not rule.direct:
         b = module.variable(FEEDBACK, feedback_name, init_feedback).value
-        if module.is_initializing() and rule.feedback == rules.GRADIENT:
+        # What the optimizer does with B (wtfree.optim reads these flags).
+        if module.is_initializing() and kind.label == kinds.TRAIN:
             module.sow(TRAINED_FEEDBACK, feedback_name, jnp.ones((), bool), reduce_fn=_keep_last)
-        if module.is_initializing() and rule.feedback == rules.LOSS and not input_layer:
+        if module.is_initializing() and kind.label == kinds.ALIGN and not input_layer:
             flag = jnp.ones((), bool)
             module.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
     else:

@@ -1,7 +1,6 @@
 """Training a converted model in one's own loop: the optimizer, the mirror step, the alignment
 loss and one train step that does all a rule needs. Plain functions: no mesh, no config."""
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -10,8 +9,10 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from wtfree import layers, optim, rules
-from wtfree.linen import ALIGNMENT_RNG, MIRROR_RNG, Converted
+from wtfree import kinds, layers, optim, rules
+from wtfree.kinds.loss import Alignment, alignment_loss
+from wtfree.kinds.mirror import Mirror, mirror_step
+from wtfree.linen import ALIGNMENT_RNG, Converted
 
 Array = jax.Array
 Variables = Mapping[str, Any]
@@ -71,94 +72,6 @@ def optimizer(
     return optax.partition(transforms, labels)
 
 
-@dataclasses.dataclass(frozen=True)
-class Mirror:
-    """The weight-mirror step's settings (Akrout et al. 2019, eqs. 6-11).
-
-    Attributes:
-      learning_rate: :math:`\\eta`.
-      decay: :math:`\\lambda`.
-      noise_std: :math:`\\sigma`, the noise's std (its distribution is the model's
-        ``mirror_noise`` option).
-      every: one mirror step before every ``every``-th train step.
-    """
-
-    learning_rate: float = 0.05
-    decay: float = 0.05
-    noise_std: float = 1.0
-    every: int = 1
-
-
-def mirror_step(
-    model: Converted, variables: Variables, inputs: tuple, rng: Array, mirror: Mirror = Mirror()
-) -> dict:
-    r"""One mirror step: every wm layer's B moves along the Hebbian product of noise and echo.
-
-    .. math::
-      B \leftarrow B + \eta\sigma^2 H - \lambda B, \qquad H = J_W f(z, \cdot)^\top f(z, W)
-      \;(= z^\top z W \text{ for dense}),
-
-    with z unit-variance noise shaped like the layer's input (``rules.hebbian``; a convolution's
-    H is averaged over output positions).
-
-    Args:
-      model: a converted model.
-      variables: its variables.
-      inputs: the model's positional inputs (a batch; only their shapes matter for the noise,
-        the forward values are unused).
-      rng: the key the noise is drawn from.
-      mirror: the settings.
-
-    Returns:
-      ``variables`` with the new B.
-    """
-    _, sown = model.apply(variables, *inputs, rngs={MIRROR_RNG: rng}, mutable=[layers.MIRROR])
-    hebbian = traverse_util.flatten_dict(dict(sown.get(layers.MIRROR, {})))
-    feedback = traverse_util.flatten_dict(dict(variables["feedback"]))
-    for path, h in hebbian.items():
-        feedback[path] = rules.apply_hebbian(
-            feedback[path],
-            h,
-            learning_rate=mirror.learning_rate,
-            decay=mirror.decay,
-            noise_std=mirror.noise_std,
-        )
-    return {**variables, "feedback": traverse_util.unflatten_dict(feedback)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Alignment:
-    """The alignment losses' settings (Kunin et al. 2020; ``rules.alignment``).
-
-    Attributes:
-      coefficients: ``{rule name: {"alpha": ..., ...}}``; missing ones: the authors' defaults.
-      noise_std: the std the losses' noise stands for, when the model's ``alignment_input`` is a
-        noise distribution (the primitives that read x scale by its square).
-      positions: ``sum`` (the authors') or ``mean`` over a convolution's output positions.
-    """
-
-    coefficients: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
-    noise_std: float = 1.0
-    positions: str = "sum"
-
-
-def alignment_loss(model: Converted, sown: Variables, alignment: Alignment = Alignment()) -> Array:
-    """The sum over layers of their alignment losses, from what an apply sowed.
-
-    Args:
-      model: the converted model.
-      sown: the mutable collections of an apply with ``mutable=[layers.ALIGNMENT_LOSS]``.
-      alignment: the settings.
-
-    Returns:
-      The scalar loss; its gradient w.r.t. ``feedback`` is B's update direction.
-    """
-    noisy = model.options.alignment_input != "activations"
-    scale = alignment.noise_std**2 if noisy else 1.0
-    values = sown.get(layers.ALIGNMENT_LOSS, {})
-    return rules.alignment.total_loss(values, alignment.coefficients, scale, alignment.positions)
-
-
 def _image(batch):
     return (batch["image"],)
 
@@ -169,12 +82,13 @@ def make_train_step(
     loss_fn: Callable[[Any, Any], Array],
     *,
     inputs: Callable[[Any], tuple] = _image,
-    mirror: Mirror = Mirror(),
-    alignment: Alignment = Alignment(),
+    mirror: Mirror | None = None,
+    alignment: Alignment | None = None,
 ) -> Callable:
     """Returns ``train_step(state, batch, rng) -> (state, measurements)``, pure and jittable.
 
-    It does everything the model's rules need: the mirror step first (wm), the task loss's
+    It does everything the model's rules need: the mirror step first (wm), for dfa a first
+    forward pass for the error at the output, the task loss's
     gradient for W (and for KP's B), the alignment loss's gradient for B (sa, aa, ia, wm_reg),
     brSF's draw of feedback magnitudes, then ``tx``'s update. ``state`` is
     ``{"step", "variables", "opt_state"}`` (:func:`init_train_state`); ``tx`` is the output of
@@ -186,32 +100,38 @@ def make_train_step(
       loss_fn: ``loss_fn(outputs, batch) -> scalar``.
       inputs: ``inputs(batch) -> tuple``, the model's positional inputs (default
         ``(batch["image"],)``).
-      mirror: the mirror step's settings (used when a layer's rule is wm).
-      alignment: the alignment losses' settings (used when a rule is sa, aa, ia or wm_reg).
+      mirror: the mirror step's settings (used when a layer's rule is wm; None: ``Mirror()``).
+      alignment: the alignment losses' settings (used when a rule is sa, aa, ia or wm_reg;
+        None: ``Alignment()``).
     """
-    kinds = model.options.kinds()
-    mutable = [layers.ALIGNMENT_LOSS] if rules.LOSS in kinds else []
+    used = [kinds.get(name) for name in sorted(model.options.kinds())]
+    names = {model.options.rule, model.options.output_rule or model.options.rule}
+    direct = any(rules.get(name).direct for name in names)
+    mutable = [c for kind in used for c in kind.mutable]
+    settings = {"mirror": mirror or Mirror(), "loss": alignment or Alignment()}
 
     def train_step(state, batch, rng):
         variables = dict(state["variables"])
-        rng_mirror, rng_feedback, rng_alignment = jax.random.split(rng, 3)
-        if rules.MIRROR in kinds:
-            mirrored = mirror_step(model, variables, inputs(batch), rng_mirror, mirror)
-            due = state["step"] % mirror.every == 0
-            variables["feedback"] = jax.tree.map(
-                lambda new, old: jnp.where(due, new, old),
-                mirrored["feedback"],
-                variables["feedback"],
+        rng_before, rng_feedback, rng_alignment = jax.random.split(rng, 3)
+        for kind in used:
+            variables = kind.before_step(
+                model, variables, inputs(batch), rng_before, settings.get(kind.name), state["step"]
             )
         trainable = {"params": variables["params"], "feedback": variables.get("feedback", {})}
 
+        rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
+        kwargs = {}
+        if direct:
+            # DFA's first pass: the loss's gradient at the output, sent to every layer.
+            outputs = model.apply(variables, *inputs(batch), rngs=rngs)
+            kwargs["output_error"] = jax.grad(loss_fn)(outputs, batch)
+
         def total_loss(trainable):
-            rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
             outputs, sown = model.apply(
-                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable
+                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable, **kwargs
             )
             task = loss_fn(outputs, batch)
-            aligning = alignment_loss(model, sown, alignment) if mutable else 0.0
+            aligning = sum(kind.loss(model, sown, settings.get(kind.name)) for kind in used)
             return task + aligning, {"loss": task, "alignment_loss": aligning}
 
         grads, measurements = jax.grad(total_loss, has_aux=True)(trainable)
@@ -225,8 +145,8 @@ def make_train_step(
 
 
 def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> dict:
-    """``{"step", "variables", "opt_state"}`` for :func:`make_train_step`; only ``params``,
-    ``feedback`` and ``trained_feedback`` of ``variables`` are kept."""
+    """``{"step", "variables", "opt_state"}`` for :func:`make_train_step`; only ``params`` and
+    ``feedback`` of ``variables`` are kept."""
     kept = {k: v for k, v in variables.items() if k in ("params", "feedback")}
     kept.setdefault("feedback", {})
     return {
@@ -234,3 +154,14 @@ def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> 
         "variables": kept,
         "opt_state": tx.init(kept),
     }
+
+
+__all__ = [
+    "Alignment",
+    "Mirror",
+    "alignment_loss",
+    "init_train_state",
+    "make_train_step",
+    "mirror_step",
+    "optimizer",
+]

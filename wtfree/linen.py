@@ -18,6 +18,9 @@ predicate on its path (default: named ``output``) where ``output_rule`` is used;
 Variables (``init``'s collections), for a layer at path ``p``:
 
 - ``params/p/kernel``, ``params/p/bias``: W and its bias, as the stock layer makes them.
+- ``feedback/p/direct_kernel``: for dfa, B from the model's ``outputs`` to the layer's input
+  units; a train step passes the output error (``output_error=``) and each layer's input gets
+  e B as its error, never anything through W^T (Nokland's DFA without a threaded carrier).
 - ``feedback/p/feedback_kernel``: B, shaped like W, drawn with the layer's ``kernel_init``
   times ``feedback_scale``, for rules that store one (``Rule.stores_feedback``). Its leaf name
   differs from W's, so ``nnx.bridge`` can hold both.
@@ -44,6 +47,8 @@ Path = tuple[str, ...]
 
 # B's leaf name beside W's "kernel" (W and B must not share a leaf name: nnx.bridge).
 FEEDBACK_KERNEL = "feedback_kernel"
+# DFA's B of a layer, shape (outputs, units of the layer's input).
+DIRECT_KERNEL = "direct_kernel"
 # The streams a converted model draws from: brSF's feedback magnitudes (``layers.FEEDBACK_RNG``),
 # the mirror noise and the alignment losses' noise. Which distribution is an option, not a name.
 MIRROR_RNG = layers.MIRROR_RNG
@@ -80,6 +85,8 @@ class Options:
       mirror_noise: the mirror noise's distribution (``rules.MIRROR_NOISES``).
       alignment_input: what the alignment losses read: ``activations`` (the layer's input) or a
         noise distribution (``normal``, ``uniform``).
+      outputs: for dfa, the width of the model's output (each layer's B maps it to the layer's
+        input).
     """
 
     rule: str
@@ -90,6 +97,7 @@ class Options:
     is_input: Callable[[Path], bool] = _never
     mirror_noise: str = "normal"
     alignment_input: str = "activations"
+    outputs: int | None = None
 
     def __post_init__(self):
         for name in {self.rule, self.output_rule or self.rule}:
@@ -100,11 +108,14 @@ class Options:
         if self.alignment_input not in ALIGNMENT_INPUTS:
             allowed = ", ".join(ALIGNMENT_INPUTS)
             raise ValueError(f"alignment_input={self.alignment_input!r}; allowed: {allowed}")
-        if rules.get(self.rule).direct or rules.get(self.output_rule or self.rule).direct:
-            raise ValueError(
-                f"rule {self.rule!r}: direct feedback needs the model to route the output error "
-                "(wtfree's own models do, with layers.DirectFeedback); convert does not offer it"
-            )
+        for name in {self.rule, self.output_rule or self.rule}:
+            if rules.get(name).block_wise:
+                raise ValueError(
+                    f"rule {name!r}: a converted model has no residual blocks to route the error "
+                    "between; use dfa"
+                )
+            if rules.get(name).direct and not self.outputs:
+                raise ValueError(f"rule {name!r} needs outputs=<the model's output width>")
 
     def rule_at(self, path: Path) -> str:
         """The rule name of the layer at ``path``."""
@@ -149,9 +160,12 @@ class Converted(nn.Module):
         # The model's variables stay where the model puts them, not under "model/".
         nn.share_scope(self, self.model)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, output_error: Array | None = None, **kwargs):
+        """Calls the model. ``output_error``: for dfa, the loss's gradient at the model's output
+        (``wtfree.make_train_step`` computes it with a first forward pass); without it the
+        forward pass is the same and no error reaches the hidden layers."""
         inputs = [a for a in jax.tree.leaves((args, kwargs)) if isinstance(a, jax.Array)]
-        interceptor = partial(_intercept, self.options, inputs)
+        interceptor = partial(_intercept, self.options, inputs, output_error)
         with nn.intercept_methods(interceptor):
             return self.model(*args, **kwargs)
 
@@ -159,21 +173,26 @@ class Converted(nn.Module):
 # -- the interceptor ----------------------------------------------------------------------------
 
 
-def _intercept(options: Options, inputs: Sequence[Array], next_fun, args, kwargs, context):
+def _intercept(options: Options, inputs: Sequence[Array], error, next_fun, args, kwargs, context):
     module = context.module
     if context.method_name != "__call__" or getattr(module, "_wtfree_converting", False):
+        return next_fun(*args, **kwargs)
+    own = isinstance(module, layers._RuleLinear)
+    layer = None if own else _layer_type(module)
+    if not own and layer is None:
         return next_fun(*args, **kwargs)
     path = tuple(module.path)
     x = args[0] if args else None
     is_input = options.is_input(path) or any(x is a for a in inputs)
     name = "bp" if is_input else options.rule_at(path)
-    if isinstance(module, layers._RuleLinear):
+    if rules.get(name).direct:
+        # DFA: W learns locally (bp for W); x's error is e B, nothing through W.
+        args = (_direct_input(module, options, x, error), *args[1:])
+        name = "bp"
+    if own:
         fields = {"rule": name, "feedback_scale": options.feedback_scale, "input_layer": is_input}
         with _swapped(module, **fields):
             return next_fun(*args, **kwargs)
-    layer = _layer_type(module)
-    if layer is None:
-        return next_fun(*args, **kwargs)
     rule = rules.get(name)
     if layer is _EINSUM:
         return _einsum(module, options, rule, next_fun, *args, **kwargs)
@@ -186,6 +205,20 @@ def _intercept(options: Options, inputs: Sequence[Array], next_fun, args, kwargs
     with _swapped(module, _wtfree_converting=True, **layer.hook(op)):
         y = next_fun(*args, **kwargs)
     return y
+
+
+def _direct_input(module: nn.Module, options: Options, x: Array, error: Array | None) -> Array:
+    """x, whose error in the backward pass is ``error @ B`` (DFA); B, shape
+    ``(outputs, units)``, is drawn with std 1/sqrt(units), as ``layers.DirectFeedback``'s."""
+    shape = (options.outputs, math.prod(x.shape[1:]))
+    init = nn.initializers.variance_scaling(1.0, "fan_out", "normal")
+    b = module.variable(
+        layers.FEEDBACK, DIRECT_KERNEL, lambda: init(module.make_rng("params"), shape)
+    ).value
+    if error is None:
+        # No output error given: the layers below get none (never one through W^T).
+        error = jnp.zeros((x.shape[0], options.outputs), x.dtype)
+    return rules.direct_feedback_input(x, lax.stop_gradient(error), b)
 
 
 @contextlib.contextmanager
@@ -277,6 +310,8 @@ def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -
         b = options.feedback_scale * jnp.reshape(b, w.shape)
         return b
 
+    mirror_noise, mirror_rng = _mirror_noise(module, options)
+    alignment_input, alignment_rng = _alignment_input(module, options)
     mask = getattr(module, "mask", None)
     if mask is not None:
         # A masked conv's W is kernel * mask (the stock layer does it); its B is masked alike.
@@ -291,14 +326,34 @@ def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -
         # The sign rules' scale: W's std under flax's default kernel_init (lecun_normal).
         std=layers.init_std(1.0, "fan_in", shape),
         feedback_name=FEEDBACK_KERNEL,
-        mirror_noise=options.mirror_noise if _mirroring(module) else None,
-        mirror_rng=MIRROR_RNG,
-        alignment_input=options.alignment_input,
-        alignment_rng=ALIGNMENT_RNG,
+        mirror_noise=mirror_noise,
+        mirror_rng=mirror_rng,
+        alignment_input=alignment_input,
+        alignment_rng=alignment_rng,
         dtype=w.dtype,
         sow_at_init=False,
     )
     return module.perturb("delta", y, collection=layers.PERTURBATIONS)
+
+
+def _mirror_noise(module: nn.Module, options: Options) -> tuple[str | None, str]:
+    """The mirror noise's distribution and stream: the options', or, where wtfree's own train
+    step names the distribution by its stream (``layers.MIRROR_NOISE_RNGS``), that one."""
+    if not _mirroring(module):
+        return None, MIRROR_RNG
+    for distribution, stream in layers.MIRROR_NOISE_RNGS.items():
+        if stream != MIRROR_RNG and module.has_rng(stream):
+            return distribution, stream
+    return options.mirror_noise, MIRROR_RNG
+
+
+def _alignment_input(module: nn.Module, options: Options) -> tuple[str, str]:
+    """What the alignment losses read: the options' input, or noise where wtfree's own train
+    step passes a noise stream (``layers.ALIGNMENT_NOISE_RNGS``)."""
+    for distribution, stream in layers.ALIGNMENT_NOISE_RNGS.items():
+        if module.has_rng(stream):
+            return distribution, stream
+    return options.alignment_input, ALIGNMENT_RNG
 
 
 def _mirroring(module: nn.Module) -> bool:
@@ -342,4 +397,4 @@ def _einsum_op(einsum_str, x, w, *, precision, preferred_element_type):
     )
 
 
-__all__ = ["FEEDBACK_KERNEL", "Converted", "Options", "convert"]
+__all__ = ["DIRECT_KERNEL", "FEEDBACK_KERNEL", "Converted", "Options", "convert"]
