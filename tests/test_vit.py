@@ -155,8 +155,9 @@ def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
     converted = models.get("vit")(num_classes=10, rule="fa", output_rule="bp", patch_size=7)
     assert isinstance(converted, wtfree.Converted) and converted.model == model
     assert converted.options.rule == "fa" and converted.options.output_rule == "bp"
-    with pytest.raises(ValueError, match=r"^model='vit' .*rule 'dfa': direct feedback"):
-        models.check_rule("vit", "dfa")
+    for rule in ("dfa", "dfa_block"):
+        with pytest.raises(ValueError, match=f"^rule='{rule}' with model='vit'; allowed: any"):
+            models.check_rule("vit", rule)
 
 
 def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:

@@ -11,7 +11,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from wtfree import layers, metrics, rules, sharding
-from wtfree.linen import ALIGNMENT_RNG, MIRROR_RNG, Converted
+from wtfree.linen import Converted
 
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
@@ -80,9 +80,7 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
     def rngs_for(state: State) -> dict:
         rngs = _step_rngs(state)
         if alignment is not None and alignment.input in layers.ALIGNMENT_NOISE_RNGS:
-            # A converted model takes the distribution as an option and draws from one stream.
-            converted = isinstance(model, Converted)
-            stream = ALIGNMENT_RNG if converted else layers.ALIGNMENT_NOISE_RNGS[alignment.input]
+            stream = layers.ALIGNMENT_NOISE_RNGS[alignment.input]
             rngs[stream] = jax.random.fold_in(jax.random.fold_in(state["rng"], 3), state["step"])
         return rngs
 
@@ -236,8 +234,7 @@ def _make_hebbian(model, input_shape, noise: str):
     of ``input_shape``, drawn from ``noise``; the mesh-free core of ``make_mirror_step``."""
     if noise not in layers.MIRROR_NOISE_RNGS:
         raise ValueError(f"mirror.noise={noise!r}; allowed: {', '.join(layers.MIRROR_NOISE_RNGS)}")
-    # A converted model takes the distribution as an option and draws from one stream.
-    stream = MIRROR_RNG if isinstance(model, Converted) else layers.MIRROR_NOISE_RNGS[noise]
+    stream = layers.MIRROR_NOISE_RNGS[noise]
 
     def hebbian(variables, rng):
         x = jnp.zeros(input_shape, jnp.float32)

@@ -9,6 +9,7 @@ import functools
 
 import flax.linen as nn
 
+from wtfree import rules
 from wtfree.linen import Options, convert
 from wtfree.models import convnet, mlp, resnet, vit
 
@@ -19,14 +20,22 @@ STOCK = {"vit": vit.Model}
 def check_rule(name: str, rule: str, output_rule: str | None = None) -> None:
     """Raises ValueError in one line if the model called ``name`` cannot learn by ``rule``.
 
-    wtfree's own models take every rule; a stock model (``STOCK``) every rule that
-    ``wtfree.convert`` gives it (not the direct-feedback ones: ``wtfree.convert.Options``).
+    wtfree's own models take every rule; a stock model (``STOCK``) every rule ``wtfree.convert``
+    gives it but dfa and dfa_block: convert's dfa needs a first pass for the output error, which
+    ``wtfree.make_train_step`` makes and train.py's step does not.
     """
-    if name in STOCK:
-        try:
-            Options(rule, output_rule=output_rule or None)
-        except ValueError as e:
-            raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
+    if name not in STOCK:
+        return
+    for key, value in (("rule", rule), ("output_rule", output_rule)):
+        if value and rules.get(value).direct:
+            raise ValueError(
+                f"{key}={value!r} with model={name!r}; allowed: any rule but dfa and dfa_block "
+                "(train.py's step computes no output error for a converted model's dfa)"
+            )
+    try:
+        Options(rule, output_rule=output_rule or None)
+    except ValueError as e:
+        raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
 
 
 def build_stock(
