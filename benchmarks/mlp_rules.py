@@ -13,8 +13,8 @@ What it measures (configs/mnist_mlp.py, one device):
   same repeat. ``s/epoch`` is 468 steps (60000 // 128) of that.
 - ``wm`` is what the train loop does every step with ``mirror.every = 1``: a train step and a
   mirror batch of 128 as one jitted call (``Trainer.train_mirror_step``; where that is missing,
-  this script's ``make_fused_wm_step``, the same thing), with the config's normal noise;
-  ``wm rademacher`` the same with ``mirror.noise = rademacher`` (one random bit an entry).
+  this script's ``make_fused_wm_step``, the same thing), with the config's noise (Rademacher,
+  one random bit an entry, since issue 20); ``wm normal`` the same with ``mirror.noise = normal``.
   ``wm, 2 calls (old loop)`` is the loop before: ``train_step``, the eager ``_mirror_rng``
   key, then ``mirror_step``. The indented rows time parts of the step alone.
 - The input pipeline alone: batches/s of ``Trainer.train_batches`` over real MNIST in memory
@@ -103,10 +103,10 @@ def make_steppers(rule_names, batch_np, diagnose: bool):
         )
         config = _timing.load_config("mnist_mlp", "rule=wm")
         if "noise" in config.mirror:  # mirror.noise exists since issue 11
-            config.mirror.noise = "rademacher"
-            rademacher = trainer_lib.Trainer(config)
-            steppers["wm rademacher"] = _timing.Stepper(
-                _calling(make_fused_wm_step(rademacher), batch), rademacher.fresh_state()
+            config.mirror.noise = "normal"
+            normal = trainer_lib.Trainer(config)
+            steppers["wm normal"] = _timing.Stepper(
+                _calling(make_fused_wm_step(normal), batch), normal.fresh_state()
             )
         if not diagnose:
             continue

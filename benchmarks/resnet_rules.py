@@ -13,9 +13,9 @@ the median over ``--repeats`` runs of ``--steps`` train steps, after a warm-up, 
 is (max - min) / median. ``wm`` runs the train loop's work with ``mirror.every =
 --mirror_every`` (default 1: a mirror batch of ``--batch_size`` noise inputs after every step,
 fused with it into one dispatch; with k > 1 amortized over k steps, so ``--steps`` should be a
-multiple of k), with the config's normal noise; ``wm rademacher`` the same with
-``mirror.noise = rademacher``; ``wm mirror`` is one mirror step alone. ``bp loop`` is bp
-through the train loop's own code path (``wtfree.dispatch.train_chunks``: chunks of
+multiple of k), with the config's noise (Rademacher since issue 20); ``wm normal`` the same
+with ``mirror.noise = normal``; ``wm mirror`` is one mirror step alone. ``bp loop`` is bp
+through the train loop's own code path (``trainer_lib.train_chunks``: chunks of
 ``steps_per_dispatch`` steps, automatic, stacked and put a call ahead, the NaN watch; the same
 batch every step), per step: on XLA:CPU a conv net's chunk is unrolled, since a convolution's
 gradient inside a ``lax.scan`` runs 20x slower there (``wtfree.dispatch.conv_loop_is_slow``).
@@ -135,7 +135,7 @@ def main():
     steppers, compile_s = {}, {}
     variants = [(rule, rule, None) for rule in rules]
     if "wm" in rules and "noise" in make_config("wm", args.batch_size).mirror:
-        variants.append(("wm rademacher", "wm", "rademacher"))  # mirror.noise since issue 11
+        variants.append(("wm normal", "wm", "normal"))  # mirror.noise since issue 11
     for name, rule, noise in variants:
         t0 = time.perf_counter()
         config = make_config(rule, args.batch_size, mirror_every=args.mirror_every, noise=noise)

@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size=mnist_lenet.MIRROR_BATCH,
         pretrain_batches=20,
         decay=mnist_lenet.MIRROR_DECAY,
+        noise=mnist_lenet.MIRROR_NOISE,
     )
     config.log_every_steps = 200
     config.checkpoint_every_steps = 2000

@@ -22,9 +22,10 @@ Weight-Transport):
   the batch size once more (lr / batch^2), which freezes them in practice.
 - The mirror mode is linear with the bias blocked (y = W x, as the paper's eq. 6); the seed
   feeds sigmoid(W x + b). Its small-noise slope is sigmoid'(0) = 1/4, so the mirror learning
-  rate here is the seed's 0.01 times 1/4, and the noise is Gaussian with the std of the seed's
-  uniform noise (amplitude 0.1: std 0.1/sqrt(12)); `--config.mirror.noise=uniform` draws the
-  seed's uniform noise itself (2 epochs: the same accuracy and angle, README "Issue 11").
+  rate here is the seed's 0.01 times 1/4, and the noise has the std of the seed's uniform noise
+  (amplitude 0.1: std 0.1/sqrt(12)), Rademacher by default; `--config.mirror.noise=uniform`
+  draws the seed's uniform noise itself, `normal` Gaussian noise (2 epochs: the same accuracy
+  and angle with all three, README "Issue 11").
 - The seed's rescaling of B after each mirror pass is dead code (it rebinds a local), so there
   is none here.
 - KP's decay: the seed's default factor is 1, i.e. no decay; `optimizer.weight_decay` sets it

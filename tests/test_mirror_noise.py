@@ -168,12 +168,42 @@ def record_without(workdir_path, rule: str, key: str) -> None:
     (workdir_path / workdir.CONFIG).write_text(json.dumps(old))
 
 
-def test_a_workdir_recorded_before_mirror_noise_existed_still_resumes(tmp_path):
-    """Its config.json has no mirror.noise: that reads as normal, the noise it was run with."""
-    record_without(tmp_path, "wm", "mirror.noise")
-    assert workdir.check_config(tiny_config("wm"), tmp_path) == {}
-    with pytest.raises(errors.RunError, match=r"mirror.noise \(None -> 'rademacher'\)"):
-        workdir.check_config(tiny_config("wm", **{"mirror.noise": "rademacher"}), tmp_path)
+def test_rademacher_is_the_default_mirror_noise():
+    assert tiny_config("wm").mirror.noise == "rademacher"
+    assert workdir.CHANGED_DEFAULTS["mirror.noise"] == ("normal", "rademacher")
+
+
+@pytest.mark.parametrize("recorded", ["normal", None])  # None: before mirror.noise existed
+def test_a_workdir_recorded_with_normal_noise_resumes_with_it(tmp_path, recorded):
+    """Normal noise was the default until issue 20: such a run goes on with it, every process
+    told by keep_recorded_defaults; check_config alone refuses it in one line."""
+    if recorded is None:
+        record_without(tmp_path, "wm", "mirror.noise")
+    else:
+        old = workdir.as_json(tiny_config("wm", **{"mirror.noise": recorded}))
+        (tmp_path / workdir.CONFIG).write_text(json.dumps(old))
+    with pytest.raises(errors.RunError, match=rf"mirror.noise \({recorded!r} -> 'rademacher'\)"):
+        workdir.check_config(tiny_config("wm"), tmp_path)
+    config = tiny_config("wm")
+    kept = workdir.keep_recorded_defaults(config, tmp_path)
+    assert kept == {"mirror.noise": ("rademacher", "normal")}
+    assert config.mirror.noise == "normal"
+    assert workdir.check_config(config, tmp_path) == {}
+    # A noise other than the new default is the user's: not set back, and refused.
+    uniform = tiny_config("wm", **{"mirror.noise": "uniform"})
+    assert workdir.keep_recorded_defaults(uniform, tmp_path) == {}
+    assert uniform.mirror.noise == "uniform"
+    with pytest.raises(errors.RunError, match=rf"mirror.noise \({recorded!r} -> 'uniform'\)"):
+        workdir.check_config(uniform, tmp_path)
+
+
+def test_a_workdir_recorded_with_rademacher_or_none_keeps_the_config(tmp_path):
+    config = tiny_config("wm")
+    assert workdir.keep_recorded_defaults(config, tmp_path) == {}  # no config.json yet
+    (tmp_path / workdir.CONFIG).write_text(json.dumps(workdir.as_json(tiny_config("wm"))))
+    assert workdir.keep_recorded_defaults(config, tmp_path) == {}
+    assert config.mirror.noise == "rademacher"
+    assert workdir.check_config(config, tmp_path) == {}
 
 
 def test_a_workdir_recorded_before_the_alignment_rules_still_resumes(tmp_path):

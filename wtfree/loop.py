@@ -27,6 +27,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
       errors.Diverged: the training loss became NaN or infinite.
     """
     workdir = paths.as_path(workdir)
+    # A default changed since the workdir's run started (workdir.CHANGED_DEFAULTS) keeps the
+    # value it recorded, on every process, before the config is checked and used.
+    workdir_lib.keep_recorded_defaults(config, workdir)
     changes, lock = _claim_workdir(config, workdir)
     writer = manager = preemption = None
     try:

@@ -27,6 +27,8 @@ from wtfree.rules.weight_mirror import (
     apply_hebbian,
     draw_noise,
     hebbian,
+    mirror_batch_size,
+    mirror_error,
     mirror_update,
     weight_mirror,
 )
@@ -149,6 +151,8 @@ __all__ = [
     "feedback_kinds",
     "get",
     "hebbian",
+    "mirror_batch_size",
+    "mirror_error",
     "mirror_update",
     "names",
 ]

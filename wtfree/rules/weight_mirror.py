@@ -12,6 +12,8 @@ Array = jax.Array
 # The mirror noise's distributions (``mirror.noise``): each has independent entries of mean 0 and
 # variance 1, all that E[H] = n W needs (see :func:`hebbian`).
 NOISES = ("normal", "rademacher", "uniform")
+# E[z^4] of each: the diagonal of the noise's second-moment estimate carries (E[z^4] - 1) / n.
+FOURTH_MOMENTS = {"normal": 3.0, "rademacher": 1.0, "uniform": 9 / 5}
 
 
 def draw_noise(rng: Array, shape: tuple[int, ...], dtype, distribution: str = "normal") -> Array:
@@ -47,6 +49,69 @@ def draw_noise(rng: Array, shape: tuple[int, ...], dtype, distribution: str = "n
         signs = 2 * bits.astype(dtype) - 1
         return signs.reshape(-1)[:n].reshape(shape)
     raise ValueError(f"mirror noise {distribution!r}; allowed: {', '.join(NOISES)}")
+
+
+def mirror_error(
+    decay: float, fan_in: int, batch_size: int, *, positions: int = 1, noise: str = "normal"
+) -> float:
+    r"""B's expected squared error at the mirror's fixed point, relative to W's squared norm.
+
+    .. math::
+      \frac{\mathbb{E}\|B - W\|^2}{\|W\|^2}
+        = \frac{\lambda}{2 - \lambda} \cdot \frac{d + \kappa - 2}{n P},
+
+    for a mirror step :math:`B \leftarrow (1 - \lambda) B + \lambda S W` with
+    :math:`S = X^\top X / n` from n noise vectors of d independent entries of variance 1 and
+    fourth moment :math:`\kappa` (normal 3, so :math:`d + 1`; Rademacher 1, so :math:`d - 1`).
+    Each entry of :math:`(S - I)W` has variance :math:`(d + \kappa - 2)\|w\|^2 / n` per column
+    w, and the exponential average keeps :math:`\lambda / (2 - \lambda)` of it. Exact for a
+    dense layer (P = 1). For a convolution, d is the patch size (kernel height x width x input
+    channels) and the Hebbian product averages over P output positions; their patches overlap,
+    yet for a VALID convolution the simulated error is this with n P vectors (LeNet's conv_1:
+    tests/test_mirror_batch.py checks both by simulation). With SAME padding a tap sees zeros at
+    the border, so E[H] is W times the share of positions where it sees the input: a bias that
+    no batch removes. Simulated on ResNet-20's convs (decay 0.1, Rademacher), the error was
+    0.8-1.2x this at n = 1 and 1.0-2.0x at n = 4, the most on 32x32 (docs/conv_speed.md).
+
+    Args:
+      decay: :math:`\lambda`, in (0, 2).
+      fan_in: d.
+      batch_size: n.
+      positions: P, the output positions a conv's Hebbian product averages over (1 for dense).
+      noise: the noise's distribution, one of ``NOISES``.
+
+    Returns:
+      The relative error; its angle to W is about ``degrees(atan(sqrt(error)))``.
+    """
+    kappa = FOURTH_MOMENTS[noise]
+    return decay / (2 - decay) * (fan_in + kappa - 2) / (batch_size * positions)
+
+
+def mirror_batch_size(
+    decay: float, fan_in: int, error: float, *, positions: int = 1, noise: str = "normal"
+) -> int:
+    r"""The fewest noise vectors n whose :func:`mirror_error` is at most ``error``.
+
+    .. math::
+      n = \left\lceil \frac{\lambda}{2 - \lambda} \cdot
+          \frac{d + \kappa - 2}{P\, \varepsilon} \right\rceil.
+
+    A mirror batch sized per layer by this keeps every layer's B equally noisy: LeNet's 640 at
+    decay 0.5 is what its widest dense layer (d = 256) needs for 20 degrees; the narrower dense
+    layers need fewer and a conv layer, averaging over its output positions, far fewer.
+
+    Args:
+      decay: :math:`\lambda`, in (0, 2).
+      fan_in: d.
+      error: :math:`\varepsilon`, the relative squared error allowed.
+      positions: P (1 for dense).
+      noise: one of ``NOISES``.
+
+    Returns:
+      n, at least 1.
+    """
+    kappa = FOURTH_MOMENTS[noise]
+    return max(1, math.ceil(decay / (2 - decay) * (fan_in + kappa - 2) / (positions * error)))
 
 
 def weight_mirror(f: LinearFn, x: Array, w: Array, b: Array, rng: Array | None) -> Array:
