@@ -360,3 +360,42 @@ def test_conv_hebbian_has_the_scale_of_a_dense_layer():
     np.testing.assert_allclose(
         mean_h[0, 0] / n, w[0, 0] * 49 / 64, atol=0.1 * float(jnp.abs(w).max())
     )
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "kp", "shallow"])
+def test_f_may_close_over_a_differentiated_scale(rule):
+    # f(x, W) = s x W / |W| (weight norm with a learned gain): s and W get jax.grad's local
+    # gradients under every rule, and a few SGD steps on s and W train the layer.
+    f_plain, x, w, b, g = _inputs("dense")
+
+    def loss(s, w, rule):
+        def f(x_, w_):
+            return s * f_plain(x_, w_) / jnp.linalg.norm(w)
+
+        return jnp.vdot(rules.get(rule).apply(f, x, w, b, None), g)
+
+    s = jnp.asarray(1.5)
+    got = jax.grad(loss, argnums=(0, 1))(s, w, rule)
+    want = jax.grad(loss, argnums=(0, 1))(s, w, "bp")
+    _assert_close(got[0], want[0])
+    # W's gradient through its use as a kernel is the local one; through the norm it is
+    # jax.grad's, so the whole matches bp's (the norm is no linear op whose error is sent down).
+    _assert_close(got[1], want[1])
+
+    target = jax.random.normal(jax.random.key(9), g.shape)
+
+    def fit(params):
+        s, w = params
+
+        def f(x_, w_):
+            return s * f_plain(x_, w_) / jnp.linalg.norm(w)
+
+        y = rules.get(rule).apply(f, x, w, b, None)
+        return jnp.mean(jnp.square(y - target))
+
+    params = (s, w)
+    before = fit(params)
+    for _ in range(20):
+        grads = jax.grad(fit)(params)
+        params = jax.tree.map(lambda p, d: p - 0.05 * d, params, grads)
+    assert fit(params) < 0.9 * before

@@ -110,6 +110,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.get("output_rule"):
         rules.get(config.output_rule)
     models.get(config.model)
+    models.check_rule(config.model, config.rule, config.get("output_rule"))
     if config.dataset not in data.names():
         raise ValueError(
             f"unknown dataset {config.dataset!r}; known datasets: {', '.join(data.names())}"

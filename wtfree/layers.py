@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from wtfree import metrics, optim, rules
+from wtfree import kinds, metrics, optim, rules
 
 Array = jax.Array
 
@@ -67,78 +67,145 @@ class _RuleLinear(nn.Module):
     input_layer: bool = False
 
     def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
-        rule = rules.get(self.rule)
         kernel_init = nn.initializers.variance_scaling(
             self.kernel_scale, self.kernel_mode, self.kernel_distribution
         )
         w = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
-        std = init_std(self.kernel_scale, self.kernel_mode, kernel_shape)
-        if rule.stores_feedback and not rule.direct:
-            # B is drawn independently of W, at W's scale.
-            b = self.variable(
-                FEEDBACK,
-                "kernel",
-                lambda: (
-                    self.feedback_scale
-                    * kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype)
-                ),
-            ).value
-            if self.is_initializing() and rule.feedback == rules.GRADIENT:
-                self.sow(TRAINED_FEEDBACK, "kernel", jnp.ones((), bool), reduce_fn=_keep_last)
-            if self.is_initializing() and rule.feedback == rules.LOSS and not self.input_layer:
-                flag = jnp.ones((), bool)
-                self.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
-        else:
-            b = jnp.asarray(std, self.param_dtype)
-
         mirror = [d for d, stream in MIRROR_NOISE_RNGS.items() if self.has_rng(stream)]
-        if mirror and not self.input_layer and rule.feedback == rules.MIRROR:
-            (distribution,) = mirror
-            rng = self.make_rng(MIRROR_NOISE_RNGS[distribution])
-            noise = rules.draw_noise(rng, x.shape, w.dtype, distribution)
-            self.sow(MIRROR, "kernel", rules.hebbian(f, w, noise), reduce_fn=_keep_last)
-        aligned = rule.alignment is not None and not self.input_layer
-        if aligned and self.is_mutable_collection(ALIGNMENT_LOSS):
-            values = rules.alignment.primitives(
-                f, self._alignment_input(x, w.dtype), w, b, rule.alignment.primitives
-            )
-            # Output positions (1 for dense), for the train step's per-position mean option.
-            x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
-            positions = math.prod(jax.eval_shape(f, x_spec, w).shape[1:-1])
-            values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
-            self.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
-        measured = not self.input_layer and rule.matrix is not None
-        if self.is_mutable_collection(ALIGNMENT) and measured:
-            matrix = rule.matrix(w, b)
-            self.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
-            norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
-            self.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
-
-        x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=self.dtype)
-        rng = None
-        if rule.needs_rng:
-            # Only the backward pass draws from it: forward-only applies (evaluation, mirror
-            # mode) may come without the stream. Training always passes it (wtfree.steps).
-            has = self.has_rng(FEEDBACK_RNG)
-            rng = self.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
-        y = rule.apply(f, x, w, b, rng)
+        y = apply_rule(
+            self,
+            f,
+            x,
+            w,
+            rule=rules.get(self.rule),
+            # B is drawn independently of W, at W's scale.
+            init_feedback=lambda: (
+                self.feedback_scale
+                * kernel_init(self.make_rng("params"), kernel_shape, self.param_dtype)
+            ),
+            std=init_std(self.kernel_scale, self.kernel_mode, kernel_shape),
+            input_layer=self.input_layer,
+            mirror_noise=mirror[0] if mirror else None,
+            mirror_rng=MIRROR_NOISE_RNGS[mirror[0]] if mirror else None,
+            alignment_input=self._alignment_input_name(),
+            dtype=self.dtype,
+        )
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
             y = y + jnp.asarray(bias, y.dtype)
         return self.perturb("delta", y, collection=PERTURBATIONS)
 
-    def _alignment_input(self, x: Array, dtype) -> Array:
+    def _alignment_input_name(self) -> str:
         """What the alignment loss is fed: unit-variance noise if a noise stream is given
         (``ALIGNMENT_NOISE_RNGS``; the train step scales by the noise's variance), else the
-        layer's own input; gradient stopped either way."""
-        if self.has_rng(ALIGNMENT_NOISE_RNGS["normal"]):
-            rng = self.make_rng(ALIGNMENT_NOISE_RNGS["normal"])
-            return jax.random.normal(rng, x.shape, dtype)
-        if self.has_rng(ALIGNMENT_NOISE_RNGS["uniform"]):
-            rng = self.make_rng(ALIGNMENT_NOISE_RNGS["uniform"])
-            half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
-            return jax.random.uniform(rng, x.shape, dtype, -half_width, half_width)
-        return lax.stop_gradient(x).astype(dtype)
+        layer's own input."""
+        for distribution, stream in ALIGNMENT_NOISE_RNGS.items():
+            if self.has_rng(stream):
+                return distribution
+        return "activations"
+
+
+def apply_rule(
+    module: nn.Module,
+    f: rules.LinearFn,
+    x: Array,
+    w: Array,
+    *,
+    rule: rules.Rule,
+    init_feedback,
+    std: float,
+    input_layer: bool = False,
+    feedback_name: str = "kernel",
+    mirror_noise: str | None = None,
+    mirror_rng: str = MIRROR_RNG,
+    alignment_input: str = "activations",
+    alignment_rng: str | None = None,
+    dtype=None,
+    sow_at_init: bool = True,
+) -> Array:
+    r"""``f(x, W)`` computed by ``rule`` inside ``module``: the one path every layer takes.
+
+    It keeps B (``FEEDBACK/feedback_name``, made by ``init_feedback()`` at init) for rules that
+    store it, and, as the collections asked for are mutable, sows what the step and the
+    optimizer read: which B the optimizer trains (``TRAINED_FEEDBACK``, at init), the mirror
+    mode's Hebbian product (``MIRROR``, when ``mirror_noise`` is given), the alignment loss's
+    primitives (``ALIGNMENT_LOSS``) and B's angle to W (``ALIGNMENT``).
+
+    Args:
+      module: the bound layer the variables belong to.
+      f: the linear op, ``f(x, W) -> y``.
+      x: the input.
+      w: the forward weights W.
+      rule: the learning rule.
+      init_feedback: ``() -> B``, shaped like W.
+      std: W's init std, the scale the sign rules give sign(W).
+      input_layer: the layer reads the network's input: its B sends no error anywhere, so it is
+        not mirrored and not measured and has no alignment loss.
+      feedback_name: B's leaf name in ``FEEDBACK`` (and of what is sown for it).
+      mirror_noise: in a mirror apply, the noise's distribution (``rules.MIRROR_NOISES``).
+      mirror_rng: the stream the mirror noise is drawn from.
+      alignment_input: ``activations`` or a noise distribution (``ALIGNMENT_NOISE_RNGS``).
+      alignment_rng: the stream alignment noise is drawn from (default: the distribution's).
+      dtype: the computation dtype (None: promote x, W and B).
+      sow_at_init: whether an init sows the measurements and the alignment loss too.
+
+    Returns:
+      ``f(x, W)``, without bias.
+    """
+    kind = kinds.get(rule.feedback)
+    if kind.stores_feedback and not rule.direct:
+        b = module.variable(FEEDBACK, feedback_name, init_feedback).value
+        # What the optimizer does with B (wtfree.optim reads these flags).
+        if module.is_initializing() and kind.label == kinds.TRAIN:
+            module.sow(TRAINED_FEEDBACK, feedback_name, jnp.ones((), bool), reduce_fn=_keep_last)
+        if module.is_initializing() and kind.label == kinds.ALIGN and not input_layer:
+            flag = jnp.ones((), bool)
+            module.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
+    else:
+        b = jnp.asarray(std, w.dtype)
+
+    sowing = sow_at_init or not module.is_initializing()
+    if mirror_noise is not None and not input_layer and rule.feedback == rules.MIRROR:
+        noise = rules.draw_noise(module.make_rng(mirror_rng), x.shape, w.dtype, mirror_noise)
+        module.sow(MIRROR, feedback_name, rules.hebbian(f, w, noise), reduce_fn=_keep_last)
+    aligned = rule.alignment is not None and not input_layer
+    if aligned and sowing and module.is_mutable_collection(ALIGNMENT_LOSS):
+        stream = alignment_rng or ALIGNMENT_NOISE_RNGS.get(alignment_input)
+        x_loss = _alignment_input(module, x, w.dtype, alignment_input, stream)
+        values = rules.alignment.primitives(f, x_loss, w, b, rule.alignment.primitives)
+        # Output positions (1 for dense), for the train step's per-position mean option.
+        x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
+        positions = math.prod(jax.eval_shape(f, x_spec, w).shape[1:-1])
+        values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
+        module.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
+    measured = not input_layer and rule.matrix is not None
+    if module.is_mutable_collection(ALIGNMENT) and measured and sowing:
+        matrix = rule.matrix(w, b)
+        module.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
+        norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
+        module.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
+
+    x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=dtype)
+    rng = None
+    if rule.needs_rng:
+        # Only the backward pass draws from it: forward-only applies (evaluation, mirror
+        # mode) may come without the stream. Training always passes it (wtfree.steps).
+        has = module.has_rng(FEEDBACK_RNG)
+        rng = module.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
+    return rule.apply(f, x, w, b, rng)
+
+
+def _alignment_input(module: nn.Module, x: Array, dtype, source: str, stream: str | None):
+    """The alignment loss's input: unit-variance noise of distribution ``source`` drawn from
+    ``stream``, or (``activations``) the layer's own input; gradient stopped either way."""
+    if source == "normal":
+        return jax.random.normal(module.make_rng(stream), x.shape, dtype)
+    if source == "uniform":
+        half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
+        return jax.random.uniform(module.make_rng(stream), x.shape, dtype, -half_width, half_width)
+    if source != "activations":
+        raise ValueError(f"alignment input {source!r}; allowed: {', '.join(ALIGNMENT_INPUTS)}")
+    return lax.stop_gradient(x).astype(dtype)
 
 
 def _keep_last(previous, value):

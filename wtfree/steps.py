@@ -1,5 +1,6 @@
 """Pure train, eval, measure and mirror steps on a plain-dict state, to jit in any loop."""
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -10,6 +11,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from wtfree import layers, metrics, rules, sharding
+from wtfree.linen import Converted
 
 State = dict[str, Any]
 # The collections a train state keeps; the rest (alignment, perturbations, ...) are transient.
@@ -127,17 +129,26 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
     return train_step
 
 
+def _backprop_twin(model):
+    """``model`` with every layer on backprop, its variables and perturbations where they are."""
+    if isinstance(model, Converted):
+        return model.clone(options=dataclasses.replace(model.options, rule="bp", output_rule=None))
+    if hasattr(model, "rule"):  # wtfree's own models
+        return model.clone(rule="bp", output_rule="bp")
+    return model  # a stock model computes backprop already (and sows nothing to measure)
+
+
 def make_measure_step(model, loss_name: str):
     """``measure(state, batch) -> measurements``: per layer the angle of B to W, ||B||/||W||,
     and the angle between the error the rule sends to each layer and backprop's (same batch)."""
     loss_fn = metrics.get_loss(loss_name)
-    bp_model = model.clone(rule="bp", output_rule="bp")
+    bp_model = _backprop_twin(model)
 
     def deltas(m, variables, state, batch):
         x = batch["image"]
         shapes = jax.eval_shape(
             lambda: _apply(m, variables, x, False, mutable=[layers.PERTURBATIONS])[1]
-        )[layers.PERTURBATIONS]
+        ).get(layers.PERTURBATIONS, {})
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def loss(perturbations):

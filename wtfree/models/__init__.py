@@ -1,6 +1,62 @@
-"""Models by name: each module exports `Model`; ResNet presets fix its structural fields."""
+"""Models by name: each module exports `Model`; ResNet presets fix its structural fields.
 
-from wtfree.models import convnet, mlp, resnet
+Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=..., dtype=...,
+**model_kwargs)``. wtfree's own models take the rule as a field; a model written with stock
+Flax layers only (``STOCK``) is built without it and given the rule by ``wtfree.convert``.
+"""
+
+import functools
+
+import flax.linen as nn
+
+from wtfree import rules
+from wtfree.linen import Options, convert
+from wtfree.models import convnet, mlp, resnet, vit
+
+# Models that know nothing of learning rules: plain linen modules, as a user would write them.
+STOCK = {"vit": vit.Model}
+
+
+def check_rule(name: str, rule: str, output_rule: str | None = None) -> None:
+    """Raises ValueError in one line if the model called ``name`` cannot learn by ``rule``.
+
+    wtfree's own models take every rule; a stock model (``STOCK``) every rule ``wtfree.convert``
+    gives it but dfa and dfa_block: convert's dfa needs a first pass for the output error, which
+    ``wtfree.make_train_step`` makes and train.py's step does not.
+    """
+    if name not in STOCK:
+        return
+    for key, value in (("rule", rule), ("output_rule", output_rule)):
+        if value and rules.get(value).direct:
+            raise ValueError(
+                f"{key}={value!r} with model={name!r}; allowed: any rule but dfa and dfa_block "
+                "(train.py's step computes no output error for a converted model's dfa)"
+            )
+    try:
+        Options(rule, output_rule=output_rule or None)
+    except ValueError as e:
+        raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
+
+
+def build_stock(
+    model_cls: type[nn.Module],
+    *,
+    num_classes: int,
+    rule: str = "bp",
+    output_rule: str | None = None,
+    mirror_noise: str = "normal",
+    alignment_input: str = "activations",
+    **kwargs,
+) -> nn.Module:
+    """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass: as it is
+    under bp, else through ``wtfree.convert`` (a layer named ``output`` takes ``output_rule``;
+    ``mirror_noise`` and ``alignment_input`` are convert's options of those names)."""
+    model = model_cls(num_classes=num_classes, **kwargs)
+    if rule == "bp" and output_rule in (None, "", "bp"):
+        return model
+    options = dict(mirror_noise=mirror_noise, alignment_input=alignment_input)
+    return convert(model, rule, output_rule=output_rule or None, **options)
+
 
 MODELS = {
     "mlp": mlp.Model,
@@ -10,6 +66,7 @@ MODELS = {
     "resnet56": resnet.ResNet56,
     "resnet18": resnet.ResNet18,
     "resnet50": resnet.ResNet50,
+    **{name: functools.partial(build_stock, cls) for name, cls in STOCK.items()},
 }
 
 

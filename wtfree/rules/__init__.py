@@ -9,7 +9,11 @@ import jax.numpy as jnp
 from wtfree.rules._feedback import LinearFn, feedback_linear
 from wtfree.rules.alignment import ALIGNMENTS, Alignment, alignment_feedback
 from wtfree.rules.backprop import backprop
-from wtfree.rules.direct_feedback import direct_feedback, direct_feedback_output
+from wtfree.rules.direct_feedback import (
+    direct_feedback,
+    direct_feedback_input,
+    direct_feedback_output,
+)
 from wtfree.rules.feedback_alignment import feedback_alignment
 from wtfree.rules.kolen_pollack import kolen_pollack
 from wtfree.rules.shallow import shallow
@@ -140,6 +144,7 @@ __all__ = [
     "Rule",
     "apply_hebbian",
     "direct_feedback",
+    "direct_feedback_input",
     "direct_feedback_output",
     "draw_noise",
     "feedback_linear",

@@ -34,29 +34,39 @@ def feedback_linear(f: LinearFn, x: Array, w: Array, b: Array, *, train_b: bool)
     Returns:
       ``f(x, w)``.
     """
-    return _feedback_linear(f, train_b, x, w, b)
+    f, consts = closure_convert(f, x, w)
+    return _feedback_linear(f, train_b, x, w, b, *consts)
+
+
+def closure_convert(f: LinearFn, x: Array, w: Array) -> tuple[Callable, list[Array]]:
+    """``f(x, w) = g(x, w, *consts)``: the arrays ``f`` closes over that are being
+    differentiated (a weight norm's or a learned scale's), hoisted out as arguments so that a
+    ``custom_vjp`` can take them and return their cotangents (``jax.closure_convert``, as
+    equinox's ``filter_custom_vjp`` does)."""
+    return jax.closure_convert(f, x, w)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _feedback_linear(f, train_b, x, w, b):
+def _feedback_linear(f, train_b, x, w, b, *consts):
     del train_b, b
-    return f(x, w)
+    return f(x, w, *consts)
 
 
-def _feedback_linear_fwd(f, train_b, x, w, b):
+def _feedback_linear_fwd(f, train_b, x, w, b, *consts):
     del train_b
-    return f(x, w), (x, w, b)
+    return f(x, w, *consts), (x, w, b, consts)
 
 
 def _feedback_linear_bwd(f, train_b, res, g):
-    x, w, b = res
+    x, w, b, consts = res
     # f is linear in x, so its vjp w.r.t. x at B does not depend on x.
-    _, vjp_x = jax.vjp(lambda x_: f(x_, b), x)
-    _, vjp_w = jax.vjp(lambda w_: f(x, w_), w)
+    _, vjp_x = jax.vjp(lambda x_: f(x_, b, *consts), x)
+    # W and what f closes over get their true (local) gradients.
+    _, vjp_w = jax.vjp(lambda w_, *c: f(x, w_, *c), w, *consts)
     (dx,) = vjp_x(g)
-    (dw,) = vjp_w(g)
+    dw, *dconsts = vjp_w(g)
     db = dw if train_b else jax.numpy.zeros_like(b)
-    return dx, dw, db
+    return (dx, dw, db, *dconsts)
 
 
 _feedback_linear.defvjp(_feedback_linear_fwd, _feedback_linear_bwd)

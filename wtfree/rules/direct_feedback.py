@@ -88,3 +88,51 @@ def _direct_feedback_output_bwd(res, g):
 
 
 _direct_feedback_output.defvjp(_direct_feedback_output_fwd, _direct_feedback_output_bwd)
+
+
+def direct_feedback_input(x: Array, error: Array, b: Array) -> Array:
+    r"""Marks a layer's input x as receiving the output error e directly, through B.
+
+    Forward: the identity on x. Backward: whatever error arrives at x through the layer is
+    dropped and replaced by
+
+    .. math::
+      \Delta x = e\,B \quad (\text{reshaped to } x\text{'s shape}),
+
+    with e, the error at the network's output, computed beforehand (a first forward pass) and
+    passed in as a value. Put on the input of every layer, this is Nokland's DFA for a model
+    that threads no carrier: the layer below gets :math:`(e B_l) \odot f'(a)` through its
+    activation, never an error through any :math:`W^\top`. B and e get no gradient.
+
+    Args:
+      x: a layer's input, batch first.
+      error: the output error e, shape ``(batch, outputs)``.
+      b: the fixed feedback matrix, shape ``(outputs, prod(x.shape[1:]))``.
+
+    Returns:
+      x unchanged.
+
+    References:
+      Nokland, *Direct Feedback Alignment Provides Learning in Deep Neural Networks*,
+      NeurIPS 2016.
+    """
+    return _direct_feedback_input(x, error, b)
+
+
+@jax.custom_vjp
+def _direct_feedback_input(x, error, b):
+    del error, b
+    return x
+
+
+def _direct_feedback_input_fwd(x, error, b):
+    return x, (error, b)
+
+
+def _direct_feedback_input_bwd(res, g):
+    error, b = res
+    dx = (error @ b).reshape(g.shape).astype(g.dtype)
+    return dx, jnp.zeros_like(error), jnp.zeros_like(b)
+
+
+_direct_feedback_input.defvjp(_direct_feedback_input_fwd, _direct_feedback_input_bwd)

@@ -4,7 +4,7 @@ from functools import partial
 
 import jax
 
-from wtfree.rules._feedback import LinearFn
+from wtfree.rules._feedback import LinearFn, closure_convert
 
 Array = jax.Array
 
@@ -36,23 +36,24 @@ def shallow(f: LinearFn, x: Array, w: Array, b: Array | None, rng: Array | None)
       Figs. 1d and 2a).
     """
     del b, rng
-    return _shallow(f, x, w)
+    f, consts = closure_convert(f, x, w)
+    return _shallow(f, x, w, *consts)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _shallow(f, x, w):
-    return f(x, w)
+def _shallow(f, x, w, *consts):
+    return f(x, w, *consts)
 
 
-def _shallow_fwd(f, x, w):
-    return f(x, w), (x, w)
+def _shallow_fwd(f, x, w, *consts):
+    return f(x, w, *consts), (x, w, consts)
 
 
 def _shallow_bwd(f, res, g):
-    x, w = res
-    _, vjp_w = jax.vjp(lambda w_: f(x, w_), w)
-    (dw,) = vjp_w(g)
-    return None, dw
+    x, w, consts = res
+    _, vjp_w = jax.vjp(lambda w_, *c: f(x, w_, *c), w, *consts)
+    dw, *dconsts = vjp_w(g)
+    return (None, dw, *dconsts)
 
 
 _shallow.defvjp(_shallow_fwd, _shallow_bwd)

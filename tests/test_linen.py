@@ -1,0 +1,263 @@
+"""wtfree.linen.convert: a stock linen model's Dense, DenseGeneral, Conv, Einsum under each rule."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wtfree import layers
+from wtfree import linen as convert_lib
+
+B = convert_lib.FEEDBACK_KERNEL
+
+
+class Stock(nn.Module):
+    """One of each stock linear layer; the first is a Conv, fed the input."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(4, (3, 3), name="conv0")(x)
+        x = nn.relu(x)
+        x = nn.Conv(3, (3, 3), strides=2, padding="VALID", name="conv1")(x)
+        x = nn.tanh(x)
+        x = x.reshape(x.shape[0], 3, -1)
+        x = nn.DenseGeneral((2, 5), axis=(-2, -1), name="dense_general")(x)
+        x = nn.tanh(x)
+        x = nn.Einsum((2, 5, 6), "bij,ijk->bk", name="einsum")(x)
+        x = nn.relu(x)
+        return nn.Dense(3, name="output")(x)
+
+
+def _loss(apply_fn):
+    def loss(params, x, y, **kwargs):
+        return jnp.mean(jnp.square(apply_fn(params, x, **kwargs) - y))
+
+    return loss
+
+
+def _data():
+    x = jax.random.normal(jax.random.key(0), (4, 7, 7, 2))
+    y = jax.random.normal(jax.random.key(1), (4, 3))
+    return x, y
+
+
+def _init(rule, **options):
+    model = convert_lib.convert(Stock(), rule, **options)
+    x, _ = _data()
+    return model, model.init(jax.random.key(2), x)
+
+
+def test_bp_through_convert_equals_jax_grad():
+    model, variables = _init("bp")
+    x, y = _data()
+    assert set(variables) == {"params", "perturbations"}
+    stock = _loss(lambda p, x: Stock().apply({"params": p}, x))
+    converted = _loss(lambda p, x: model.apply({**variables, "params": p}, x))
+    want = jax.grad(stock, argnums=(0, 1))(variables["params"], x, y)
+    got = jax.grad(converted, argnums=(0, 1))(variables["params"], x, y)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, want)
+
+
+def test_forward_and_params_are_the_stock_models():
+    model, variables = _init("fa")
+    x, _ = _data()
+    stock = Stock().init(jax.random.key(2), x)["params"]
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], stock)
+    np.testing.assert_array_equal(model.apply(variables, x), Stock().apply({"params": stock}, x))
+    # B beside W, shaped like it, under another leaf name; the input layer stores none.
+    feedback = variables["feedback"]
+    assert set(feedback) == {"conv1", "dense_general", "einsum", "output"}
+    for name, leaves in feedback.items():
+        assert set(leaves) == {B}
+        assert leaves[B].shape == variables["params"][name]["kernel"].shape
+
+
+class One(nn.Module):
+    """A single layer, not fed the input unchanged (so it is no input layer)."""
+
+    layer: nn.Module
+
+    @nn.compact
+    def __call__(self, x):
+        return self.layer(x * 1.0)
+
+
+# kind: (the layer, the input's shape, W's fan-in as lecun_normal counts it)
+LAYERS = {
+    "dense": (lambda: nn.Dense(5), (3, 6), 6),
+    "dense_general": (
+        lambda: nn.DenseGeneral((2, 3), axis=(-2, -1)),
+        (3, 4, 5),
+        4 * 5,
+    ),
+    "conv": (lambda: nn.Conv(3, (3, 3), strides=2), (2, 6, 6, 2), 3 * 3 * 2),
+    "einsum": (lambda: nn.Einsum((4, 5, 3), "bij,ijk->bk"), (3, 4, 5), 4 * 5),
+}
+
+
+def _one(kind, rule, **options):
+    make, shape, _ = LAYERS[kind]
+    model = convert_lib.convert(One(make()), rule, **options)
+    x = jax.random.normal(jax.random.key(3), shape)
+    variables = model.init(jax.random.key(4), x)
+    return make, model, variables, x
+
+
+def _grads(model, variables, x, rngs=None):
+    """The gradients of sum(y * c) with respect to the input and to every variable."""
+
+    variables = {k: v for k, v in variables.items() if k in ("params", "feedback")}
+
+    def loss(v, x):
+        y = model.apply(v, x, rngs=rngs)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
+
+    return jax.grad(loss, argnums=(0, 1))(variables, x)
+
+
+def _stock_grads(make, params, x):
+    return _grads(One(make()), {"params": params}, x)
+
+
+def _feedback_matrix(rule, w, b, fan_in):
+    return {
+        "fa": lambda: b,
+        "usf": lambda: jnp.sign(w) / np.sqrt(fan_in),  # W's init std under lecun_normal
+        "frsf": lambda: jnp.abs(b) * jnp.sign(w),
+    }[rule]()
+
+
+@pytest.mark.parametrize("kind", ["dense", "dense_general", "conv", "einsum"])
+@pytest.mark.parametrize("rule", ["fa", "usf", "frsf"])
+def test_error_goes_down_through_b(kind, rule):
+    # dx is the stock layer's with W replaced by B; dW is the stock layer's.
+    make, model, variables, x = _one(kind, rule)
+    w = variables["params"]["layer"]["kernel"]
+    b = variables.get("feedback", {}).get("layer", {}).get(B)
+    matrix = _feedback_matrix(rule, w, b, LAYERS[kind][2])
+    params_b = {"layer": {**variables["params"]["layer"], "kernel": matrix}}
+    (v_grads, dx) = _grads(model, variables, x)
+    _, dx_want = _stock_grads(make, params_b, x)
+    w_grads, _ = _stock_grads(make, variables["params"], x)
+    np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        v_grads["params"],
+        w_grads["params"],
+    )
+    if rule != "usf":
+        np.testing.assert_array_equal(v_grads["feedback"]["layer"][B], 0.0)
+    assert not np.allclose(dx, _stock_grads(make, variables["params"], x)[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["dense", "dense_general", "conv", "einsum"])
+def test_kp_gives_b_exactly_ws_gradient(kind):
+    _, model, variables, x = _one(kind, "kp")
+    assert variables["trained_feedback"] == {"layer": {B: True}}
+    grads, _ = _grads(model, variables, x)
+    out = grads["params"]["layer"]
+    np.testing.assert_array_equal(grads["feedback"]["layer"][B], out["kernel"])
+
+
+def test_brsf_draws_a_sign_concordant_matrix_each_batch():
+    # Dense: dx = delta M^T; with delta the identity, dx's rows are M^T's rows.
+    model = convert_lib.convert(One(nn.Dense(4, use_bias=False)), "brsf")
+    x = jax.random.normal(jax.random.key(5), (4, 6))
+    variables = model.init(jax.random.key(6), x)
+    w = variables["params"]["layer"]["kernel"]
+
+    def feedback(seed):
+        def f(x):
+            return model.apply(variables, x, rngs={"feedback": jax.random.key(seed)})
+
+        _, vjp = jax.vjp(f, x)
+        (dx,) = vjp(jnp.eye(4))
+        return dx.T  # M, shaped like W
+
+    m0, m1 = feedback(0), feedback(1)
+    np.testing.assert_array_equal(jnp.sign(m0), jnp.sign(w))
+    assert not np.allclose(m0, m1)
+
+
+def test_keep_bp_and_output_rule():
+    model, variables = _init("fa", output_rule="bp", keep_bp=lambda path: path[-1] == "einsum")
+    assert set(variables["feedback"]) == {"conv1", "dense_general"}
+
+
+def test_matches_wtfrees_own_layers():
+    class Own(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = layers.Conv(features=3, name="conv", input_layer=True)(x)
+            x = nn.relu(x).reshape(x.shape[0], -1)
+            x = layers.Dense(features=5, name="hidden")(x)
+            return layers.Dense(features=2, name="output")(nn.relu(x))
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(3, (3, 3), name="conv")(x)
+            x = nn.relu(x).reshape(x.shape[0], -1)
+            x = nn.Dense(5, name="hidden")(x)
+            return nn.Dense(2, name="output")(nn.relu(x))
+
+    x = jax.random.normal(jax.random.key(7), (3, 5, 5, 2))
+    for rule in ("fa", "kp", "usf"):
+        own = convert_lib.convert(Own(), rule)
+        plain = convert_lib.convert(Plain(), rule)
+        v_own = own.init(jax.random.key(8), x)
+        v_plain = plain.init(jax.random.key(8), x)
+        # Same W; B: wtfree's layers keep "kernel" as the leaf name (old checkpoints).
+        v_plain = {**v_plain, "params": v_own["params"]}
+        if "feedback" in v_own:
+            v_plain["feedback"] = {
+                name: {B: leaves["kernel"]}
+                for name, leaves in v_own["feedback"].items()
+                if name != "conv"
+            }
+        g_own = _grads(own, {k: v_own[k] for k in ("params", "feedback") if k in v_own}, x)
+        g_plain = _grads(plain, {k: v_plain[k] for k in ("params", "feedback") if k in v_plain}, x)
+        jax.tree.map(np.testing.assert_array_equal, g_own[0]["params"], g_plain[0]["params"])
+        if rule == "kp":
+            for name in ("hidden", "output"):
+                np.testing.assert_array_equal(
+                    g_own[0]["feedback"][name]["kernel"], g_plain[0]["feedback"][name][B]
+                )
+
+
+def test_bad_options_are_refused_in_one_line():
+    with pytest.raises(ValueError, match="unknown rule 'nope'"):
+        convert_lib.convert(Stock(), "nope")
+    with pytest.raises(ValueError, match="mirror_noise='cauchy'"):
+        convert_lib.convert(Stock(), "wm", mirror_noise="cauchy")
+
+
+class WithTrainFlag(nn.Module):
+    """A stock model with the ``train`` argument wtfree's own train step passes."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        del train
+        x = nn.relu(nn.Dense(8, name="input")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(3, name="output")(nn.relu(nn.Dense(8, name="hidden")(x)))
+
+
+def test_a_converted_model_trains_in_wtfrees_own_train_step():
+    from wtfree import optim, steps
+
+    # The input layer reads a reshaped input, so it is named to be recognized.
+    model = convert_lib.convert(WithTrainFlag(), "kp", is_input=lambda path: path[-1] == "input")
+    shape = (4, 2, 2, 1)
+    _, flags = steps.init_variables(model, jax.random.key(0), shape)
+    assert flags == {"hidden": {B: True}, "output": {B: True}}
+    tx = optim.make_optimizer(0.1, flags)
+    state = steps.init_state(model, tx, jax.random.key(1), shape)
+    step = jax.jit(steps.make_train_step(model, tx, "softmax_xent"))
+    batch = {"image": jax.random.normal(jax.random.key(2), shape), "label": jnp.arange(4) % 3}
+    new, measurements = step(state, batch)
+    for name in ("hidden", "output"):
+        moved_w = new["params"][name]["kernel"] - state["params"][name]["kernel"]
+        moved_b = new["feedback"][name][B] - state["feedback"][name][B]
+        np.testing.assert_allclose(moved_b, moved_w, rtol=1e-6, atol=1e-7)
+    assert np.isfinite(measurements["train/loss"])

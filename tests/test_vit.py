@@ -1,0 +1,228 @@
+"""The ViT: its shapes, that backprop trains it, and that every weight sits in a stock layer."""
+
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from flax import traverse_util
+
+import wtfree
+from configs import fashion_mnist_vit
+from wtfree import loop, models, trainer
+from wtfree.models import vit
+
+# The layers wtfree.convert intercepts: every weight that multiplies an activation must be
+# the kernel of one of them, or a rule could not reach it.
+LINEAR = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum)
+TINY = dict(num_classes=3, patch_size=4, width=8, depth=2, num_heads=2, mlp_dim=16)
+
+
+def _init(model, x_shape, seed=0):
+    return model.init(jax.random.key(seed), jnp.zeros(x_shape))
+
+
+@pytest.mark.parametrize(
+    "patch_size,pool,tokens", [(4, "cls", 7 * 7 + 1), (7, "cls", 4 * 4 + 1), (7, "mean", 4 * 4)]
+)
+def test_logits_and_parameter_shapes(patch_size, pool, tokens):
+    model = vit.Model(num_classes=10, patch_size=patch_size, pool=pool)
+    logits, variables = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 28, 28, 1)))
+    )
+    assert logits.shape == (2, 10)
+    assert set(variables) == {"params"}  # no batch stats, nothing but W
+    params = variables["params"]
+    assert params["embedding"]["kernel"].shape == (patch_size, patch_size, 1, 64)
+    assert params["position_embedding"].shape == (1, tokens, 64)
+    assert ("cls" in params) == (pool == "cls")
+    attention = params["block_3"]["attention"]
+    for name in ("query", "key", "value"):
+        assert attention[name]["kernel"].shape == (64, 4, 16)  # width -> heads x head width
+    assert attention["out"]["kernel"].shape == (4, 16, 64)
+    assert params["block_3"]["mlp"]["dense_0"]["kernel"].shape == (64, 128)
+    assert params["output"]["kernel"].shape == (64, 10)
+    assert "block_4" not in params
+
+
+def test_default_size_for_fashion_mnist():
+    """Patch embedding 7*7*64+64, class token 64, positions 17*64, per block 2 layer norms
+    (4*64), q/k/v/out (4*(64*64+64)) and the MLP (64*128+128 + 128*64+64), final norm 128,
+    head 64*10+10."""
+    variables = jax.eval_shape(
+        lambda: _init(vit.Model(num_classes=10, patch_size=7), (1, 28, 28, 1))
+    )
+    count = sum(leaf.size for leaf in jax.tree.leaves(variables))
+    block = 4 * 64 + 4 * (64 * 64 + 64) + (64 * 128 + 128) + (128 * 64 + 64)
+    assert count == (49 * 64 + 64) + 64 + 17 * 64 + 4 * block + 128 + (64 * 10 + 10)
+
+
+def test_the_tokens_attend_to_each_other():
+    """Changing one patch changes the class token's output: attention mixes the tokens (a
+    model that dropped attention would still give logits of the right shape)."""
+    model = vit.Model(**TINY)
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 1))
+    variables = _init(model, x.shape)
+    y = x.at[0, 4:, 4:, 0].set(0.0)  # the last of the four patches only
+    assert not jnp.allclose(model.apply(variables, x), model.apply(variables, y))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(pool="max"), "pool='max'; allowed: cls, mean"),
+        (dict(patch_size=3), "patch_size=3 does not divide the image's 8x8"),
+        (dict(num_heads=3), "num_heads=3 does not divide width=8"),
+    ],
+)
+def test_bad_fields_are_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _init(vit.Model(**{**TINY, **kwargs}), (1, 8, 8, 1))
+
+
+def test_backprop_fits_a_tiny_fixed_batch():
+    model = vit.Model(**TINY)
+    x = jax.random.normal(jax.random.key(2), (8, 8, 8, 1))
+    labels = jnp.arange(8) % 3
+    params = _init(model, x.shape)["params"]
+    tx = optax.sgd(0.1, momentum=0.9)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state = tx.init(params)
+    losses = []
+    for _ in range(30):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[0] == pytest.approx(math.log(3.0), abs=0.3)  # about chance at init
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def _linear_calls(model, variables, x) -> dict[tuple[str, ...], type]:
+    """The path and type of every stock linear layer the model calls, as intercept_methods
+    (the hook wtfree.convert uses) sees them."""
+    calls = {}
+
+    def record(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, LINEAR):
+            calls[context.module.path] = type(context.module)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        model.apply(variables, x)
+    return calls
+
+
+def test_every_weight_matrix_is_a_kernel_of_a_stock_linear_layer():
+    """What a rule needs to reach every weight: each parameter that multiplies an activation
+    (all but the elementwise biases and layer-norm scales, the class token and the additive
+    positions) is the kernel of a Dense, DenseGeneral, Conv or Einsum that intercept_methods
+    sees called, and each of those has one; the attention's four projections in every block
+    included."""
+    model = vit.Model(**TINY)
+    x = jnp.zeros((1, 8, 8, 1))
+    variables = _init(model, x.shape)
+    calls = _linear_calls(model, variables, x)
+    flat = traverse_util.flatten_dict(variables["params"])
+    elementwise = {path for path in flat if path[-1] in ("bias", "scale")}
+    weights = set(flat) - elementwise - {("cls",), ("position_embedding",)}
+    assert weights == {(*p, "kernel") for p in calls}
+    assert calls[("embedding",)] is nn.Conv
+    assert calls[("output",)] is nn.Dense
+    for i in range(TINY["depth"]):
+        for name in ("query", "key", "value", "out"):
+            assert calls[(f"block_{i}", "attention", name)] is nn.DenseGeneral
+        for name in ("dense_0", "dense_1"):
+            assert calls[(f"block_{i}", "mlp", name)] is nn.Dense
+    assert len(calls) == 2 + 6 * TINY["depth"]
+
+
+def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
+    model = models.get("vit")(num_classes=10, rule="bp", output_rule=None, patch_size=7)
+    assert isinstance(model, vit.Model) and model.patch_size == 7
+    converted = models.get("vit")(num_classes=10, rule="fa", output_rule="bp", patch_size=7)
+    assert isinstance(converted, wtfree.Converted) and converted.model == model
+    assert converted.options.rule == "fa" and converted.options.output_rule == "bp"
+    for rule in ("dfa", "dfa_block"):
+        with pytest.raises(ValueError, match=f"^rule='{rule}' with model='vit'; allowed: any"):
+            models.check_rule("vit", rule)
+
+
+def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:
+    """configs/fashion_mnist_vit.py through the trainer users run, shortened by overrides only:
+    4 steps on mock data, logged, measured and evaluated."""
+    config = fashion_mnist_vit.get_config(f"rule={rule},runlocal=True")
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    config.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_batch_size = 64
+    config.num_devices = 1
+    with tfds.testing.mock_data(num_examples=128, policy=tfds.testing.MockPolicy.USE_CODE):
+        final = loop.train_and_evaluate(config, tmp_path)
+    assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    return final, [json.loads(line) for line in lines]
+
+
+def test_the_config_trains_under_bp(tmp_path):
+    final, records = _train(tmp_path, "bp")
+    assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert not any(key.startswith("align/") for r in records for key in r)  # nothing to measure
+
+
+ATTENTION = [f"block_0/attention/{name}" for name in ("query", "key", "value", "out")]
+
+
+@pytest.mark.parametrize(
+    "rule,overrides",
+    [
+        ("fa", {}),
+        ("kp", {}),
+        ("wm", {}),  # the config's mirror noise: Rademacher
+        ("sa", {}),
+        ("sa", {"alignment.input": "normal"}),  # the alignment loss fed noise, not activations
+    ],
+)
+def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule, overrides):
+    """Through wtfree.convert: B is stored for, and measured at, every attention projection,
+    and the error each receives differs from backprop's."""
+    final, records = _train(tmp_path, rule, **overrides)
+    assert math.isfinite(final["test/loss"])
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    logged = [r for r in records if "align/weight_angle/output" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4]
+    for record in logged:
+        for layer in [*ATTENTION, "block_0/mlp/dense_0", "block_0/mlp/dense_1", "output"]:
+            # A random B starts near 90 degrees from W; 4 small steps do not align it.
+            assert 45.0 < record[f"align/weight_angle/{layer}"] < 135.0, (layer, record)
+        for layer in ATTENTION:
+            assert record[f"align/delta_angle/{layer}"] > 1.0, (layer, record)
+    if rule == "sa":
+        assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
+
+
+def test_the_config_gives_convert_its_noise_options_as_values():
+    config = fashion_mnist_vit.get_config("rule=wm")
+    config.mirror.noise = "uniform"
+    config.alignment.input = "normal"
+    model = trainer.make_model(config, 10)
+    assert model.options.mirror_noise == "uniform"
+    assert model.options.alignment_input == "normal"

@@ -1,0 +1,167 @@
+"""Training a converted model in one's own loop: the optimizer, the mirror step, the alignment
+loss and one train step that does all a rule needs. Plain functions: no mesh, no config."""
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import traverse_util
+
+from wtfree import kinds, layers, optim, rules
+from wtfree.kinds.loss import Alignment, alignment_loss
+from wtfree.kinds.mirror import Mirror, mirror_step
+from wtfree.linen import ALIGNMENT_RNG, Converted
+
+Array = jax.Array
+Variables = Mapping[str, Any]
+
+
+def optimizer(
+    tx: optax.GradientTransformation,
+    variables: Variables,
+    *,
+    alignment_tx: optax.GradientTransformation | None = None,
+) -> optax.GradientTransformation:
+    r"""``tx`` for W, and for each B what its rule declares.
+
+    The transform acts on ``{"params": ..., "feedback": ...}``:
+
+    - W (``params``) and a B trained with W (Kolen-Pollack: ``trained_feedback`` names it) go
+      through ``tx`` together, so B gets exactly W's update rule: same schedule, momentum and
+      weight decay, and with KP's equal gradients :math:`B - W` only decays.
+    - A B trained by its alignment loss (sa, aa, ia, wm_reg) goes through ``alignment_tx``
+      (default ``tx``; give one without weight decay, as the losses carry their own).
+    - Every other B (fixed, or moved by :func:`mirror_step`) gets no update.
+
+    Args:
+      tx: any optax transform, for W.
+      variables: the converted model's ``init`` output (only the paths matter: the output of
+        ``jax.eval_shape`` serves).
+      alignment_tx: the transform for B trained by an alignment loss.
+
+    Returns:
+      An optax transform for ``{"params": ..., "feedback": ...}``.
+
+    References:
+      Akrout, Wilson, Humphreys, Lillicrap & Tweed, *Deep Learning without Weight Transport*,
+      NeurIPS 2019 (matched weight decay for W and B).
+    """
+    flags = traverse_util.flatten_dict(dict(variables.get(layers.TRAINED_FEEDBACK, {})))
+
+    def label(path):
+        if path in flags:
+            return optim.TRAIN
+        if (*path[:-1], optim.BY_ALIGNMENT_LOSS) in flags:
+            return optim.ALIGN
+        return optim.FROZEN
+
+    def labels(tree):
+        feedback = traverse_util.flatten_dict(dict(tree.get("feedback", {})))
+        return {
+            "params": jax.tree.map(lambda _: optim.TRAIN, tree["params"]),
+            "feedback": traverse_util.unflatten_dict({k: label(k) for k in feedback}),
+        }
+
+    transforms = {
+        optim.TRAIN: tx,
+        optim.ALIGN: alignment_tx or tx,
+        optim.FROZEN: optax.set_to_zero(),
+    }
+    return optax.partition(transforms, labels)
+
+
+def _image(batch):
+    return (batch["image"],)
+
+
+def make_train_step(
+    model: Converted,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[Any, Any], Array],
+    *,
+    inputs: Callable[[Any], tuple] = _image,
+    mirror: Mirror | None = None,
+    alignment: Alignment | None = None,
+) -> Callable:
+    """Returns ``train_step(state, batch, rng) -> (state, measurements)``, pure and jittable.
+
+    It does everything the model's rules need: the mirror step first (wm), for dfa a first
+    forward pass for the error at the output, the task loss's
+    gradient for W (and for KP's B), the alignment loss's gradient for B (sa, aa, ia, wm_reg),
+    brSF's draw of feedback magnitudes, then ``tx``'s update. ``state`` is
+    ``{"step", "variables", "opt_state"}`` (:func:`init_train_state`); ``tx`` is the output of
+    :func:`optimizer`.
+
+    Args:
+      model: a converted model.
+      tx: the optimizer for ``{"params", "feedback"}``.
+      loss_fn: ``loss_fn(outputs, batch) -> scalar``.
+      inputs: ``inputs(batch) -> tuple``, the model's positional inputs (default
+        ``(batch["image"],)``).
+      mirror: the mirror step's settings (used when a layer's rule is wm; None: ``Mirror()``).
+      alignment: the alignment losses' settings (used when a rule is sa, aa, ia or wm_reg;
+        None: ``Alignment()``).
+    """
+    used = [kinds.get(name) for name in sorted(model.options.kinds())]
+    names = {model.options.rule, model.options.output_rule or model.options.rule}
+    direct = any(rules.get(name).direct for name in names)
+    mutable = [c for kind in used for c in kind.mutable]
+    settings = {"mirror": mirror or Mirror(), "loss": alignment or Alignment()}
+
+    def train_step(state, batch, rng):
+        variables = dict(state["variables"])
+        rng_before, rng_feedback, rng_alignment = jax.random.split(rng, 3)
+        for kind in used:
+            variables = kind.before_step(
+                model, variables, inputs(batch), rng_before, settings.get(kind.name), state["step"]
+            )
+        trainable = {"params": variables["params"], "feedback": variables.get("feedback", {})}
+
+        rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
+        kwargs = {}
+        if direct:
+            # DFA's first pass: the loss's gradient at the output, sent to every layer.
+            outputs = model.apply(variables, *inputs(batch), rngs=rngs)
+            kwargs["output_error"] = jax.grad(loss_fn)(outputs, batch)
+
+        def total_loss(trainable):
+            outputs, sown = model.apply(
+                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable, **kwargs
+            )
+            task = loss_fn(outputs, batch)
+            aligning = sum(kind.loss(model, sown, settings.get(kind.name)) for kind in used)
+            return task + aligning, {"loss": task, "alignment_loss": aligning}
+
+        grads, measurements = jax.grad(total_loss, has_aux=True)(trainable)
+        updates, opt_state = tx.update(grads, state["opt_state"], trainable)
+        trainable = optax.apply_updates(trainable, updates)
+        variables.update(trainable)
+        new_state = {"step": state["step"] + 1, "variables": variables, "opt_state": opt_state}
+        return new_state, measurements
+
+    return train_step
+
+
+def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> dict:
+    """``{"step", "variables", "opt_state"}`` for :func:`make_train_step`; only ``params`` and
+    ``feedback`` of ``variables`` are kept."""
+    kept = {k: v for k, v in variables.items() if k in ("params", "feedback")}
+    kept.setdefault("feedback", {})
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "variables": kept,
+        "opt_state": tx.init(kept),
+    }
+
+
+__all__ = [
+    "Alignment",
+    "Mirror",
+    "alignment_loss",
+    "init_train_state",
+    "make_train_step",
+    "mirror_step",
+    "optimizer",
+]
