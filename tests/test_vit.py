@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import optax
 import pytest
-import tensorflow_datasets as tfds
 from flax import traverse_util
 
 import wtfree
 from configs import fashion_mnist_vit
+from tests import fake_data
 from wtfree import loop, models, trainer
 from wtfree.models import vit
 
@@ -162,7 +162,7 @@ def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
 
 def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:
     """configs/fashion_mnist_vit.py through the trainer users run, shortened by overrides only:
-    4 steps on mock data, logged, measured and evaluated."""
+    4 steps on random images registered as fashion_mnist, logged, measured and evaluated."""
     config = fashion_mnist_vit.get_config(f"rule={rule},runlocal=True")
     for key, value in overrides.items():
         section, name = key.split(".")
@@ -172,7 +172,7 @@ def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:
     config.log_every_steps = 2
     config.eval_batch_size = 64
     config.num_devices = 1
-    with tfds.testing.mock_data(num_examples=128, policy=tfds.testing.MockPolicy.USE_CODE):
+    with fake_data.synthetic_images(num_examples=128):
         final = loop.train_and_evaluate(config, tmp_path)
     assert 0.0 <= final["test/accuracy"] <= 1.0 and math.isfinite(final["test/loss"])
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
