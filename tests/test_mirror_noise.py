@@ -10,7 +10,7 @@ import pytest
 
 from tests import fake_data
 from tests.test_train import tiny_config
-from wtfree import config_lib, errors, layers, metrics, rules, workdir
+from wtfree import config_lib, errors, layers, loop, metrics, rules, workdir
 from wtfree import trainer as trainer_lib
 
 # Fourth moments of the unit-variance distributions: they tell the three apart.
@@ -271,3 +271,18 @@ def test_mirror_step_with_decay_is_the_closed_form():
     np.testing.assert_allclose(after["output"]["kernel"], expected, rtol=1e-5, atol=1e-7)
     # Both terms are large enough that either applied twice (or not at all) would show.
     assert np.abs(decay * b).max() > 1e-2 and np.abs(eta * sigma**2 * h).max() > 1e-2
+
+
+def test_train_and_evaluate_resumes_a_normal_noise_run_with_its_noise(tmp_path):
+    """A wm run started when normal noise was the default, resumed by today's command (whose
+    default is Rademacher), ends where an uninterrupted normal-noise run ends: train.py's path
+    applies keep_recorded_defaults before the workdir check (without it: RunError)."""
+
+    old, whole = tmp_path / "old", tmp_path / "whole"
+    loop.train_and_evaluate(
+        tiny_config("wm", **{"mirror.noise": "normal", "num_train_steps": 3}), old
+    )
+    resumed = loop.train_and_evaluate(tiny_config("wm"), old)
+    uninterrupted = loop.train_and_evaluate(tiny_config("wm", **{"mirror.noise": "normal"}), whole)
+    assert json.loads((old / workdir.CONFIG).read_text())["mirror"]["noise"] == "normal"
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6)
