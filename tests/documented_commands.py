@@ -501,7 +501,7 @@ class Runner:
     def make(self, argv: list[str]) -> int:
         """A make target: its recipe (``make -n``), each line as a documented command."""
         result = subprocess.run(
-            ["make", "-n", "-o", ".venv/.installed", *argv[1:]],
+            ["make", "-n", "--no-print-directory", "-o", ".venv/.installed", *argv[1:]],
             cwd=ROOT,
             capture_output=True,
             text=True,

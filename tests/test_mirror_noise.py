@@ -251,7 +251,12 @@ def test_mirror_step_with_decay_is_the_closed_form():
     decay, eta, sigma = 0.3, 0.01, 0.5
     config = tiny_config(
         "wm",
-        **{"mirror.decay": decay, "mirror.learning_rate": eta, "mirror.noise_std": sigma},
+        **{
+            "mirror.decay": decay,
+            "mirror.learning_rate": eta,
+            "mirror.noise_std": sigma,
+            "mirror.noise": "normal",  # the stream below, layers.MIRROR_RNG, is the normal one
+        },
     )
     trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
