@@ -512,7 +512,8 @@ class Runner:
             return result.returncode
         for line in result.stdout.splitlines():
             words = shlex.split(line)
-            if not words:
+            # make's own messages ("make: Nothing to be done", "make[1]: ..." under make test).
+            if not words or re.match(r"make(\[\d+\])?:", words[0]):
                 continue
             if os.path.basename(words[0]).startswith("python"):
                 words[0] = "python"

