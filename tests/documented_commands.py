@@ -41,6 +41,9 @@ _LOOP = re.compile(r"for (\w+) in ([^;]+); do$")
 _OPTIONAL = re.compile(r"\s*\[[^\[\]]*\]")
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)\}")
 _HEREDOC = re.compile(r"<<-?\s*['\"]?(\w+)['\"]?")
+# Tokens that chain commands: split into argv they would become arguments of the first one
+# (a documented `python3 -m venv DIR && pip install ...` once made a venv named "&&" here).
+_CHAINS = {"&&", "||", ";", "|"}
 
 SUBPROCESS_TIMEOUT = 600  # seconds
 
@@ -200,6 +203,11 @@ def commands_in(path: str, text: str, first_line: int = 1, markdown: bool = True
             loop = _LOOP.match(line)
             if loop is None:
                 words = _split(_OPTIONAL.sub("", _substitute(line, {})))
+                if _is_command(words) and _CHAINS & set(words):
+                    raise ValueError(
+                        f"{path}:{first_line + i}: `{line}` chains commands "
+                        f"({' '.join(sorted(_CHAINS & set(words)))}); show one command a line"
+                    )
                 if _is_command(words):
                     found.append(Command(path, first_line + i, line, tuple(words)))
                 continue

@@ -168,3 +168,10 @@ def test_a_here_document_is_one_command_with_its_script():
     assert here.text == "python - <<'EOF'\nimport sys\nif True:\n    print(1)\nEOF"
     assert here.id == "X.md:3: - <<'EOF'"
     assert (demo.line, demo.argv) == (9, ("make", "demo"))
+
+
+def test_a_line_that_chains_commands_is_refused_naming_it():
+    """Split into one argv, `a && b` would run a with b's words as arguments."""
+    text = "Setup:\n\n    python3 -m venv /tmp/v && /tmp/v/bin/pip install torch\n"
+    with pytest.raises(ValueError, match=r"X.md:3: .* chains commands \(&&\)"):
+        documented_commands.commands_in("X.md", text)
