@@ -21,7 +21,12 @@ class Model(nn.Module):
       activation: ``relu``, ``sigmoid`` or ``tanh``.
       padding: of both convs, "VALID" or "SAME".
       kernel_scale, kernel_mode, kernel_distribution: the variance-scaling init of W and B
-        (He's, for ReLU, by default).
+        (He's, for ReLU, by default; Glorot's uniform, biotorch's "xavier", is 1.0, "fan_avg",
+        "uniform").
+      input_size: resize the images (bilinear) to input_size x input_size first; None: as
+        they come. biotorch's LeNet-MNIST takes MNIST resized to 32x32.
+      input_mean, input_std: then standardize the pixels, (x - mean) / std (the data pipeline
+        gives pixel / 255); biotorch uses MNIST's 0.1307 and 0.3081.
     """
 
     num_classes: int
@@ -32,6 +37,9 @@ class Model(nn.Module):
     kernel_scale: float = 2.0
     kernel_mode: str = "fan_in"
     kernel_distribution: str = "truncated_normal"
+    input_size: int | None = None
+    input_mean: float = 0.0
+    input_std: float = 1.0
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -47,6 +55,11 @@ class Model(nn.Module):
         )
         carrier = jnp.zeros((x.shape[0], self.num_classes), self.dtype or jnp.float32)
         hidden = 0
+        if self.input_size is not None and x.shape[1:3] != (self.input_size,) * 2:
+            size = (x.shape[0], self.input_size, self.input_size, x.shape[3])
+            x = jax.image.resize(x, size, method="bilinear")
+        if (self.input_mean, self.input_std) != (0.0, 1.0):
+            x = (x - self.input_mean) / self.input_std
 
         def activate(x, carrier):
             nonlocal hidden

@@ -1,0 +1,38 @@
+r"""biotorch's LeNet-MNIST table (configs/biotorch_lenet.py): 3 seeds of bp, fa, dfa, usf, brsf
+and frsf, and one of kp, wm, sa and aa, on MNIST and Fashion-MNIST.
+
+    python -m wtfree.sweep configs/sweeps/biotorch_lenet.py --workdir runs/biotorch
+
+Produces runs/biotorch/<dataset>_<rule>_s<seed>, each a train.py workdir; the table of
+docs/biotorch_lenet.md is the best epoch's test error of each (`python
+experiments/biotorch_table.py runs/biotorch`). Each run is EPOCHS epochs (biotorch's 100 take
+about 40 CPU-hours for the 44 runs here); the learning rate drops tenfold at half and three
+quarters of the run, as biotorch's at 50 and 75 of 100. Fashion-MNIST is read from the IDX
+files of Debian's dataset-fashion-mnist package.
+"""
+
+BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
+OTHER_RULES = ("kp", "wm", "sa", "aa")
+SEEDS = (0, 1, 2)
+EPOCHS = 5
+FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
+
+
+def get_sweep() -> list[dict]:
+    runs = []
+    for seed in SEEDS:
+        for dataset in ("mnist", "fashion_mnist"):
+            rules = BIOTORCH_RULES + (OTHER_RULES if seed == SEEDS[0] else ())
+            for rule in rules:
+                overrides = {"seed": seed}
+                if dataset == "fashion_mnist":
+                    overrides["idx_dir"] = FASHION_MNIST_IDX
+                runs.append(
+                    {
+                        "config": f"configs/biotorch_lenet.py:rule={rule},dataset={dataset},"
+                        f"epochs={EPOCHS}",
+                        "overrides": overrides,
+                        "name": f"{dataset}_{rule}_s{seed}",
+                    }
+                )
+    return runs
