@@ -306,3 +306,26 @@ def test_a_bad_run_stops_the_sweep_before_any_run_starts(tmp_path):
     typo = sweep.Run(config="configs/mnist_mlp.py", overrides={"optimizr.lr": 1}, name="t")
     with pytest.raises(sweep.SweepError, match="run t: "):
         sweep.validate_runs([typo])
+
+
+def test_dry_run_into_a_closed_pipe_ends_quietly(tmp_path):
+    # `--dry_run | head -1`: 600 long commands overflow the pipe's buffer (64 KiB), so the
+    # sweep still writes when the reader has gone; it ends with exit 0 and no traceback.
+    path = write_sweep(
+        tmp_path,
+        "def get_sweep():\n"
+        "    return [{'config': 'configs/mnist_mlp.py', 'name': f'r{i:04d}' + 'x' * 120}\n"
+        "            for i in range(600)]\n",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "wtfree.sweep", path, "--workdir", str(tmp_path), "--dry_run"],
+        cwd=sweep.REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "train.py" in process.stdout.readline()
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 0, stderr
+    assert stderr == ""
