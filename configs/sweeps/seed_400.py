@@ -6,7 +6,8 @@ Produces runs/seed_400/{bp,fa,wm,kp}, each a train.py workdir whose metrics.json
 accuracy after every epoch and, logged at every epoch's end (468 steps), the output layer's
 angle between B and W and the hidden layer's angle to backprop's error: the quantities of the
 seed's experiments/mnist/<rule>-V0/results.json (its "weight_angles"/"layer_1" and
-"delta_angles"/"layer_1"). docs/seed_400.md compares them at epochs 1, 10, 100 and 400.
+"delta_angles"/"layer_1"). docs/results_mnist_mlp.md ("The seed's full log") compares them at
+epochs 1, 10, 100 and 400 (`python experiments/seed_log.py runs/seed_400`).
 A run takes 10-25 minutes on a shared 2-core CPU.
 """
 
