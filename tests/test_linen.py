@@ -73,6 +73,23 @@ def test_forward_and_params_are_the_stock_models():
         assert leaves[B].shape == variables["params"][name]["kernel"].shape
 
 
+@pytest.mark.parametrize("rule", ["fa", "kp", "sa"])
+def test_the_input_layer_is_not_measured(rule):
+    """The layer fed the input is on backprop with no B: no weight angle (it would be W's to
+    itself, 0) and no alignment loss, as for wtfree's own input layers; the others have both."""
+    model, variables = _init(rule)
+    x, _ = _data()
+    mutable = [layers.ALIGNMENT, layers.ALIGNMENT_LOSS]
+    _, sown = model.apply(variables, x, mutable=mutable)
+    measured = {"conv1", "dense_general", "einsum", "output"}
+    assert set(sown[layers.ALIGNMENT]) == measured
+    assert set(sown.get(layers.ALIGNMENT_LOSS, {})) == (measured if rule == "sa" else set())
+    # Named as the input layer (is_input), a layer not fed the input unchanged is skipped too.
+    named = convert_lib.convert(Stock(), rule, is_input=lambda path: path[-1] == "conv1")
+    _, sown = named.apply(named.init(jax.random.key(2), x), x, mutable=mutable)
+    assert set(sown[layers.ALIGNMENT]) == measured - {"conv1"}
+
+
 class One(nn.Module):
     """A single layer, not fed the input unchanged (so it is no input layer)."""
 

@@ -215,6 +215,9 @@ def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule,
             assert 45.0 < record[f"align/weight_angle/{layer}"] < 135.0, (layer, record)
         for layer in ATTENTION:
             assert record[f"align/delta_angle/{layer}"] > 1.0, (layer, record)
+        # The patch embedding reads the image: on backprop, no B, so no angle of B to W.
+        assert "align/weight_angle/embedding" not in record
+        assert "align/delta_angle/embedding" in record  # the error it receives is measured
     if rule == "sa":
         assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
 
