@@ -49,9 +49,22 @@ def make_schedule(
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-def _decay_mask(tree: Any) -> Any:
-    # Decay kernels (W and B), not biases or batch-norm scales.
-    return jax.tree.map(lambda x: x.ndim > 1, tree)
+# The leaf names of the weights weight decay applies to: W ("kernel", as every Flax linear layer
+# names it) and a trained B (wtfree's own layers keep "kernel" under "feedback"; convert names it
+# "feedback_kernel"). Biases, normalization scales, a ViT's class token and position
+# embeddings are not decayed, whatever their rank.
+DECAYED = ("kernel", "feedback_kernel")
+
+
+def decay_mask(tree: Any) -> Any:
+    """True at the leaves weight decay applies to: the kernels, W and B (``DECAYED``)."""
+
+    def decayed(path, leaf) -> bool:
+        del leaf
+        last = path[-1] if path else None
+        return getattr(last, "key", None) in DECAYED
+
+    return jax.tree_util.tree_map_with_path(decayed, tree)
 
 
 def make_optimizer(
@@ -69,7 +82,7 @@ def make_optimizer(
     The transform acts on ``{"params": ..., "feedback": ...}``. Every parameter gets
 
     .. math::
-      u = g + \lambda W \;(\text{kernels only}), \qquad
+      u = g + \lambda W \;(\text{kernels only: } \texttt{decay\_mask}), \qquad
       m \leftarrow \mu m + u, \qquad W \leftarrow W - \eta_t m
 
     (Nesterov optional). A B marked in ``trained_feedback`` (Kolen-Pollack) goes through the
@@ -112,7 +125,7 @@ def make_optimizer(
       NeurIPS 2019 (matched weight decay for W and B).
     """
     train = optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
 
