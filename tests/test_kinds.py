@@ -101,7 +101,7 @@ def test_a_step_extra_adds_its_loss_to_the_gradient_and_its_measurement():
     extended, m = steps.make_train_step(model, tx, "softmax_xent", extras=[extra])(state, batch)
     assert float(m["train/loss"]) == float(plain_m["train/loss"])
     w = state["params"]["output"]["kernel"]
-    b = state["feedback"]["output"]["kernel"]
+    b = state["feedback"]["output"]["feedback_kernel"]
     np.testing.assert_allclose(m["train/angle"], 0.01 * metrics.angle(b, w), rtol=1e-5)
     # The extra's gradient (SGD, lr 0.1, no momentum) is the difference of the two updates.
     want = -0.1 * jax.grad(lambda w: 0.01 * metrics.angle(b, w))(w)

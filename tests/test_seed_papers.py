@@ -103,8 +103,8 @@ def test_feedback_scale_multiplies_b_and_leaves_w_alone():
         scaled["params"]["output"]["kernel"], plain["params"]["output"]["kernel"]
     )
     np.testing.assert_allclose(
-        scaled["feedback"]["output"]["kernel"],
-        4.0 * plain["feedback"]["output"]["kernel"],
+        scaled["feedback"]["output"]["feedback_kernel"],
+        4.0 * plain["feedback"]["output"]["feedback_kernel"],
         rtol=1e-6,
     )
 
@@ -139,7 +139,7 @@ def test_weight_cosine_is_the_cosine_of_b_and_w():
     _, sown = model.apply(variables, x, mutable=[layers.ALIGNMENT])
     out = metrics.alignment(sown[layers.ALIGNMENT])
     w = np.asarray(variables["params"]["output"]["kernel"]).ravel()
-    b = np.asarray(variables["feedback"]["output"]["kernel"]).ravel()
+    b = np.asarray(variables["feedback"]["output"]["feedback_kernel"]).ravel()
     expected = w @ b / np.linalg.norm(w) / np.linalg.norm(b)
     assert float(out["align/weight_cosine/output"]) == pytest.approx(expected, abs=1e-5)
 

@@ -254,5 +254,6 @@ def test_weight_decay_reaches_the_kernels_only():
     assert flat["params", "block_0", "attention", "query", "bias"].ndim == 2
     # Every B the optimizer trains (KP) is a kernel the decay reaches, as its W is.
     assert {p for p in kernels if p[0] == "feedback"} == {
-        ("feedback", *p) for p in traverse_util.flatten_dict(variables["trained_feedback"])
+        ("feedback", *p[:-1], wtfree.linen.FEEDBACK_KERNEL)
+        for p in traverse_util.flatten_dict(variables["trained_feedback"])
     } and len(kernels) == 2 * (2 + 6 * TINY["depth"]) - 1  # the input layer has no B

@@ -46,7 +46,7 @@ Array = jax.Array
 Path = tuple[str, ...]
 
 # B's leaf name beside W's "kernel" (W and B must not share a leaf name: nnx.bridge).
-FEEDBACK_KERNEL = "feedback_kernel"
+FEEDBACK_KERNEL = layers.FEEDBACK_KERNEL
 # DFA's B of a layer, shape (outputs, units of the layer's input).
 DIRECT_KERNEL = "direct_kernel"
 # The streams a converted model draws from: brSF's feedback magnitudes (``layers.FEEDBACK_RNG``),

@@ -12,7 +12,6 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from wtfree import kinds, layers, metrics, rules, sharding
-from wtfree.kinds import loss as loss_kind
 from wtfree.linen import Converted
 
 State = dict[str, Any]
@@ -60,21 +59,15 @@ def _step_rngs(state: State) -> dict:
     }
 
 
-def make_train_step(
-    model, tx, loss_name: str, alignment=None, *, extras: Sequence[kinds.StepExtra] = ()
-):
+def make_train_step(model, tx, loss_name: str, *, extras: Sequence[kinds.StepExtra] = ()):
     r"""``train_step(state, batch) -> (state, measurements)``: one step of the model's rule.
 
     The step minimizes the task loss plus each of ``extras``' losses (what a kind adds to the
-    step: ``kinds.Kind.step_extra``; the Trainer gives the model's), with their collections
-    mutable and their random streams passed, and logs each under its name. ``alignment``
-    (``config.alignment``) is short for the alignment rules' extra,
-    ``kinds.loss.step_extra(alignment)`` (sa, aa, ia, wm_reg: W gets the task's gradient alone,
-    B its alignment loss's alone). B's step size is the optimizer's (``trainer.make_optimizer``).
+    step, ``kinds.Kind.step_extra``: the Trainer gives the configured rules'; e.g. the
+    alignment losses, ``kinds.loss.step_extra(config.alignment)``), with their collections
+    mutable and their random streams passed, and logs each under its name.
     """
     loss_fn = metrics.get_loss(loss_name)
-    if alignment is not None:
-        extras = (*extras, loss_kind.step_extra(alignment))
     mutable = [c for extra in extras for c in extra.mutable]
 
     def rngs_for(state: State) -> dict:
@@ -250,10 +243,14 @@ def feedback_at_weights(state: State) -> State:
     that starts a rule whose B learns toward W where it would end. Weight transport, once."""
     params = traverse_util.flatten_dict(state["params"])
     feedback = traverse_util.flatten_dict(state["feedback"])
-    missing = sorted("/".join(k) for k in feedback if k not in params)
+
+    def weight(path):  # B at .../feedback_kernel is W at .../kernel
+        return (*path[:-1], "kernel") if path[-1] == layers.FEEDBACK_KERNEL else path
+
+    missing = sorted("/".join(k) for k in feedback if weight(k) not in params)
     if missing:
         raise ValueError(f"feedback without a weight of the same path: {', '.join(missing)}")
-    copied = {k: params[k] for k in feedback}
-    if any(params[k].shape != b.shape for k, b in feedback.items()):
+    copied = {k: params[weight(k)] for k in feedback}
+    if any(params[weight(k)].shape != b.shape for k, b in feedback.items()):
         raise ValueError("a B whose shape is not its W's (dfa's direct feedback has no W)")
     return {**state, "feedback": traverse_util.unflatten_dict(copied)}
