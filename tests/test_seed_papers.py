@@ -155,7 +155,7 @@ def test_delta_angle_is_lillicraps_hidden_update_angle_in_a_linear_network():
     p, b = state["params"], state["feedback"]
     h = batch["image"] @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"]
     e = h @ p["output"]["kernel"] + p["output"]["bias"] - batch["label"]
-    fa, bp = e @ b["output"]["kernel"].T, e @ p["output"]["kernel"].T
+    fa, bp = e @ b["output"]["feedback_kernel"].T, e @ p["output"]["kernel"].T
     cos = np.sum(fa * bp) / np.linalg.norm(fa) / np.linalg.norm(bp)
     expected = np.degrees(np.arccos(cos))
     assert float(got["align/delta_angle/hidden_0"]) == pytest.approx(expected, abs=0.05)
