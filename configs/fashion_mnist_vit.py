@@ -41,10 +41,10 @@ measured yet.
 Hyperparameters, the same for every rule: SGD, momentum 0.9, learning rate 0.05 with a
 linear warmup over the first half epoch and cosine decay to 0 (over 200 steps 0.05 led 0.15
 at every logged step: train loss 0.66 against 0.84 at step 100), batch 128, 5 epochs, no
-dropout, no augmentation. Weight decay 1e-4 on every parameter of two or more dimensions
-(wtfree.optim's mask): the kernels, and here also the attention's per-head biases, the class
-token and the position embeddings. Weight mirrors: a mirror batch of 128 after every step,
-100 before training, decay 0.1 (as configs/fashion_mnist_resnet.py).
+dropout, no augmentation. Weight decay 1e-4 on the kernels only (W, and B where it trains with
+W: wtfree.optim.decay_mask), not on the biases (the attention's per-head biases included),
+layer-norm scales, class token or position embeddings. Weight mirrors: a mirror batch of 128
+after every step, 100 before training, decay 0.1 (as configs/fashion_mnist_resnet.py).
 """
 
 import ml_collections

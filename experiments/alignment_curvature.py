@@ -100,7 +100,7 @@ def main() -> None:
         flat_b = traverse_util.flatten_dict(feedback)
         params = traverse_util.flatten_dict(state["params"])
         for path in sorted({p[:-2] for p in flat}):
-            b_path = (*path, "kernel")
+            b_path = (*path, layers.FEEDBACK_KERNEL)
             positions = float(flat[(*path, rule, alignment.POSITIONS)])
             row = {"rule": rule, "layer": "/".join(path), "P": positions}
             for mode in alignment.POSITION_MODES:
@@ -125,7 +125,8 @@ def main() -> None:
                 row[f"eta_h_max_{mode}"] = args.scale * eta * h_max
                 if rule == "wm_reg":
                     b_star = -g0 / (2 * coefficients[rule]["alpha"])
-                    norm_ratio = jnp.linalg.norm(b_star) / jnp.linalg.norm(params[b_path])
+                    w = params[(*path, "kernel")]
+                    norm_ratio = jnp.linalg.norm(b_star) / jnp.linalg.norm(w)
                     row[f"min_norm_ratio_{mode}"] = float(norm_ratio)
             row["stability_limit"] = 2 * (1 + mu)
             print(json.dumps(row), flush=True)

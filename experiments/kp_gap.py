@@ -22,8 +22,15 @@ from wtfree import trainer as trainer_lib
 
 
 def _kernels(tree) -> dict[str, np.ndarray]:
+    # W at <layer>/kernel; B at <layer>/feedback_kernel (at <layer>/kernel in older workdirs).
     flat = traverse_util.flatten_dict(jax.device_get(tree), sep="/")
-    return {k.removesuffix("/kernel"): v for k, v in flat.items() if k.endswith("/kernel")}
+    out = {}
+    for k, v in flat.items():
+        for suffix in ("/feedback_kernel", "/kernel"):
+            if k.endswith(suffix):
+                out[k.removesuffix(suffix)] = v
+                break
+    return out
 
 
 def gaps(workdir: str) -> tuple[float, dict[str, tuple[float, float]]]:

@@ -124,7 +124,10 @@ def main() -> None:
     def as_w(state):
         """W, keyed like the feedback collection."""
         params = traverse_util.flatten_dict(state["params"])
-        return {p: params[p] for p in traverse_util.flatten_dict(state["feedback"])}
+        # B at <layer>/feedback_kernel, its W at <layer>/kernel.
+        return {
+            p: params[(*p[:-1], "kernel")] for p in traverse_util.flatten_dict(state["feedback"])
+        }
 
     def set_b(state, b):
         # Copies: the train step donates the state, and B may be W's own buffer.

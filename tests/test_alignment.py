@@ -17,6 +17,7 @@ from jax import lax
 from configs import common
 from wtfree import config_lib, layers, metrics, models, optim, rules, sweep, trainer
 from wtfree import steps as steps_lib
+from wtfree.kinds import loss as loss_kind
 from wtfree.models import mlp
 from wtfree.rules import alignment
 
@@ -225,6 +226,12 @@ def _flat(tree):
     return traverse_util.flatten_dict(tree)
 
 
+def _aligned_step(model, tx, config):
+    """train.py's step with the alignment losses of ``config`` (as ``config.alignment``)."""
+    extra = loss_kind.step_extra(config)
+    return steps_lib.make_train_step(model, tx, "softmax_xent", extras=[extra])
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight_decay):
     # SA and wm_reg: B_new = B - lr * grad R with R's closed-form gradient (SA: 2 alpha B -
@@ -239,9 +246,7 @@ def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight
         model = _mlp(rule)
         tx = _tx(model, batch, lr, weight_decay)
         state = _state(model, tx, batch)
-        step = steps_lib.make_train_step(
-            model, tx, "softmax_xent", _alignment_config(**coefficients)
-        )
+        step = _aligned_step(model, tx, _alignment_config(**coefficients))
         new, measurements = step(state, batch)
         fa_new, _ = fa_step(
             {
@@ -265,10 +270,11 @@ def test_train_step_moves_w_by_the_task_and_b_by_its_alignment_loss_alone(weight
             if path[0] == "hidden_0":
                 np.testing.assert_array_equal(b_new, b[path])
                 continue
+            w_path = (*path[:-1], "kernel")  # B at <layer>/feedback_kernel, W at <layer>/kernel
             if rule == "sa":
-                grad = 2 * alpha * b[path] - beta * w[path]
+                grad = 2 * alpha * b[path] - beta * w[w_path]
             else:
-                grad = 2 * alpha * b[path] - beta / len(h) * h.T @ h @ w[path]
+                grad = 2 * alpha * b[path] - beta / len(h) * h.T @ h @ w[w_path]
             np.testing.assert_allclose(b_new, b[path] - lr * grad, rtol=1e-5, atol=1e-6)
         assert float(measurements["train/alignment_loss"]) != 0.0
 
@@ -292,7 +298,7 @@ def test_noise_input_has_the_configured_variance(distribution):
         )
         return sown[layers.ALIGNMENT_LOSS]["wm_reg"]["amp"]
 
-    grad = jax.grad(amp)(variables["feedback"])["kernel"]
+    grad = jax.grad(amp)(variables["feedback"])["feedback_kernel"]
     w = variables["params"]["kernel"]
     np.testing.assert_allclose(grad, -w, atol=0.05 * float(jnp.abs(w).max()))
 
@@ -305,7 +311,7 @@ def test_train_step_scales_noise_primitives_by_the_noise_variance():
     moves = []
     for std in (1.0, 2.0):
         config = _alignment_config("normal", std, wm_reg={"alpha": 0.0, "beta": 1.0})
-        new, _ = steps_lib.make_train_step(model, tx, "softmax_xent", config)(state, batch)
+        new, _ = _aligned_step(model, tx, config)(state, batch)
         moves.append(jax.tree.map(jnp.subtract, new["feedback"], state["feedback"]))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(b, 4 * a, rtol=1e-5), *moves)
 
@@ -405,18 +411,18 @@ def test_conv_layer_positions_mean_divides_the_input_primitives_by_its_positions
     x = jnp.asarray(x, jnp.float32)
     variables = {
         "params": {"kernel": jnp.asarray(w, jnp.float32), "bias": jnp.zeros(4)},
-        "feedback": {"kernel": jnp.asarray(b, jnp.float32)},
+        "feedback": {"feedback_kernel": jnp.asarray(b, jnp.float32)},
     }
     coefficients = {rule: {"alpha": 0.3, "beta": 0.7, "gamma": 0.11}}
 
     def total(b_, mode):
         _, sown = layer.apply(
-            {**variables, "feedback": {"kernel": b_}}, x, mutable=[layers.ALIGNMENT_LOSS]
+            {**variables, "feedback": {"feedback_kernel": b_}}, x, mutable=[layers.ALIGNMENT_LOSS]
         )
         assert float(sown[layers.ALIGNMENT_LOSS][rule][alignment.POSITIONS]) == positions
         return alignment.total_loss(sown[layers.ALIGNMENT_LOSS], coefficients, 1.0, mode)
 
-    b0 = variables["feedback"]["kernel"]
+    b0 = variables["feedback"]["feedback_kernel"]
     g_sum, g_mean = (jax.grad(total)(b0, mode) for mode in ("sum", "mean"))
     hebbian = np.asarray(rules.hebbian(f, jnp.asarray(w, jnp.float32), x)).reshape(-1, 4)
     ym = xm @ wf
@@ -463,7 +469,7 @@ def test_dense_layer_sows_one_position_so_mean_equals_sum():
 
 
 def _sa_tree(w, b):
-    return {"params": {"layer": {"kernel": w}}, "feedback": {"layer": {"kernel": b}}}
+    return {"params": {"layer": {"kernel": w}}, "feedback": {"layer": {"feedback_kernel": b}}}
 
 
 def _sa_descent(tx, w, b0, alpha, beta, steps):
@@ -473,11 +479,11 @@ def _sa_descent(tx, w, b0, alpha, beta, steps):
     opt_state = tx.init(tree)
     trajectory = []
     for _ in range(steps):
-        b = tree["feedback"]["layer"]["kernel"]
+        b = tree["feedback"]["layer"]["feedback_kernel"]
         grads = _sa_tree(jnp.zeros_like(w), 2 * alpha * b - beta * w)
         updates, opt_state = tx.update(grads, opt_state, tree)
         tree = optax.apply_updates(tree, updates)
-        trajectory.append(tree["feedback"]["layer"]["kernel"])
+        trajectory.append(tree["feedback"]["layer"]["feedback_kernel"])
     return trajectory
 
 
@@ -560,12 +566,15 @@ def test_feedback_at_weights_starts_sa_at_its_minimum():
     model = _mlp("sa")
     tx = _tx(model, batch, lr, weight_decay=0.1, momentum=0.9)
     state = steps_lib.feedback_at_weights(_state(model, tx, batch))
-    b, w = _flat(state["feedback"]), _flat(state["params"])
-    assert b.keys() < w.keys() and all(np.array_equal(b[k], w[k]) for k in b)
-    new, _ = steps_lib.make_train_step(model, tx, "softmax_xent", _alignment_config())(state, batch)
+    # B at <layer>/feedback_kernel, its W at <layer>/kernel.
+    b = {k[:-1]: v for k, v in _flat(state["feedback"]).items()}
+    w = {k[:-1]: v for k, v in _flat(state["params"]).items() if k[-1] == "kernel"}
+    assert b.keys() == w.keys() and all(np.array_equal(b[k], w[k]) for k in b)
+    new, _ = _aligned_step(model, tx, _alignment_config())(state, batch)
+    new_w = {k[:-1]: v for k, v in _flat(new["params"]).items() if k[-1] == "kernel"}
     for k, v in _flat(new["feedback"]).items():
-        np.testing.assert_allclose(v, b[k], atol=1e-7)
-        assert not np.allclose(_flat(new["params"])[k], w[k])
+        np.testing.assert_allclose(v, b[k[:-1]], atol=1e-7)
+        assert not np.allclose(new_w[k[:-1]], w[k[:-1]])
     with pytest.raises(ValueError, match="feedback without a weight of the same path: direct_0"):
         direct = mlp.Model(num_classes=3, widths=(6,), rule="dfa", activation="tanh")
         steps_lib.feedback_at_weights(_state(direct, _tx(direct, batch, lr), batch))

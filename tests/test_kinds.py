@@ -1,8 +1,11 @@
 """wtfree.kinds: every rule's way of learning B is one registered object with its hooks."""
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from wtfree import kinds, optim, rules
+from wtfree import kinds, layers, metrics, optim, rules
 
 
 def test_every_rule_names_a_registered_kind():
@@ -23,3 +26,87 @@ def test_labels_are_the_optimizers(rule, label):
 def test_unknown_kind_is_refused_in_one_line():
     with pytest.raises(ValueError, match="unknown kind of feedback 'settling'; known: none"):
         kinds.get("settling")
+
+
+def _config(rule, **overrides):
+    from configs import mnist_mlp
+
+    config = mnist_mlp.get_config(f"rule={rule}")
+    config.model_kwargs.widths = (4,)
+    config.mirror.every, config.mirror.pretrain_batches = 3, 5
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_each_kinds_train_py_hooks_come_from_its_config_section():
+    """What the Trainer asks each kind: the mirror's state step (after every mirror.every-th
+    step, mirror.pretrain_batches before training), the alignment loss's extra (its collection,
+    its noise stream only for noise input), nothing from the others; and the workdir's subtrees
+    each kind alone reads."""
+    from wtfree import sharding, workdir
+    from wtfree.models import mlp
+
+    model = mlp.Model(num_classes=3, widths=(4,), rule="wm")
+    mesh = sharding.make_mesh(1)
+    config = _config("wm")
+    state_step = kinds.get(rules.MIRROR).make_state_step(model, mesh, config, (2, 2, 1))
+    assert (state_step.every, state_step.pretrain) == (3, 5) and callable(state_step.step)
+    assert kinds.get(rules.MIRROR).step_extra(config) is None
+
+    extra = kinds.get(rules.LOSS).step_extra(_config("sa"))
+    assert extra.name == "train/alignment_loss" and extra.mutable == (layers.ALIGNMENT_LOSS,)
+    state = {"rng": jax.random.key(0), "step": jnp.int32(4)}
+    assert extra.rngs(state) == {}  # fed the layers' own inputs: no noise drawn
+    noisy = kinds.get(rules.LOSS).step_extra(_config("sa", **{"alignment.input": "uniform"}))
+    assert set(noisy.rngs(state)) == {layers.ALIGNMENT_NOISE_RNGS["uniform"]}
+    assert kinds.get(rules.LOSS).make_state_step(model, mesh, config, (2, 2, 1)) is None
+    with pytest.raises(ValueError, match="^alignment.input='cauchy'; allowed: activations"):
+        kinds.get(rules.LOSS).step_extra(_config("sa", **{"alignment.input": "cauchy"}))
+
+    for name in (rules.NONE, rules.FIXED, rules.GRADIENT):
+        kind = kinds.get(name)
+        assert kind.step_extra(config) is None and kind.section is None
+        assert kind.make_state_step(model, mesh, config, (2, 2, 1)) is None
+    assert workdir.read_by() == {"mirror.": rules.MIRROR, "alignment.": rules.LOSS}
+
+
+def test_a_step_extra_adds_its_loss_to_the_gradient_and_its_measurement():
+    """A kind's extra in train.py's step: its loss (here c times the output layer's angle of B
+    to W, read from the collection the extra makes mutable) enters W's gradient and nothing
+    else, and its value is logged under its name; a stream the layers never read changes
+    nothing."""
+    from wtfree import optim, steps
+    from wtfree.models import mlp
+
+    model = mlp.Model(num_classes=3, widths=(4,), rule="fa")
+    shape = (2, 2, 2, 1)
+    variables, flags = steps.init_variables(model, jax.random.key(0), shape)
+    tx = optim.make_optimizer(0.1, flags)
+    state = steps.init_state(model, tx, jax.random.key(1), shape)
+    batch = {"image": jax.random.normal(jax.random.key(2), shape), "label": jnp.array([0, 2])}
+
+    def weight_angle_loss(sown):
+        # The output layer's angle of B to W, sown when ALIGNMENT is mutable: a loss of W.
+        return 0.01 * sown[layers.ALIGNMENT]["output"]["weight_angle"]
+
+    extra = kinds.StepExtra(
+        "train/angle",
+        mutable=(layers.ALIGNMENT,),
+        rngs=lambda state: {"unused": jax.random.fold_in(state["rng"], 9)},
+        loss=weight_angle_loss,
+    )
+    plain, plain_m = steps.make_train_step(model, tx, "softmax_xent")(state, batch)
+    extended, m = steps.make_train_step(model, tx, "softmax_xent", extras=[extra])(state, batch)
+    assert float(m["train/loss"]) == float(plain_m["train/loss"])
+    w = state["params"]["output"]["kernel"]
+    b = state["feedback"]["output"]["feedback_kernel"]
+    np.testing.assert_allclose(m["train/angle"], 0.01 * metrics.angle(b, w), rtol=1e-5)
+    # The extra's gradient (SGD, lr 0.1, no momentum) is the difference of the two updates.
+    want = -0.1 * jax.grad(lambda w: 0.01 * metrics.angle(b, w))(w)
+    got = extended["params"]["output"]["kernel"] - plain["params"]["output"]["kernel"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(
+        extended["params"]["hidden_0"]["kernel"], plain["params"]["hidden_0"]["kernel"]
+    )

@@ -27,7 +27,7 @@ def test_feedback_collection_only_for_rules_that_store_b(rule):
 def test_b_is_drawn_independently_at_the_scale_of_w(module, x_shape):
     variables = module.init(jax.random.key(0), jnp.ones(x_shape))
     w = variables["params"]["kernel"]
-    b = variables[layers.FEEDBACK]["kernel"]
+    b = variables[layers.FEEDBACK]["feedback_kernel"]
     assert b.shape == w.shape
     np.testing.assert_allclose(jnp.std(b), jnp.std(w), rtol=0.05)
     np.testing.assert_allclose(jnp.std(w), layers.init_std(1.0, "fan_in", w.shape), rtol=0.05)
@@ -41,7 +41,9 @@ def test_conv_layer_fa_error_equals_backprop_through_b():
     g = jax.random.normal(jax.random.key(2), conv.apply(variables, x).shape)
     dx = jax.grad(lambda x: jnp.vdot(conv.apply(variables, x), g))(x)
     as_bp = conv.clone(rule="bp")
-    swapped = {"params": {**variables["params"], "kernel": variables["feedback"]["kernel"]}}
+    swapped = {
+        "params": {**variables["params"], "kernel": variables["feedback"]["feedback_kernel"]}
+    }
     expected = jax.grad(lambda x: jnp.vdot(as_bp.apply(swapped, x), g))(x)
     np.testing.assert_allclose(dx, expected, rtol=1e-5, atol=1e-6)
 
@@ -66,7 +68,7 @@ def test_mirror_mode_sows_the_hebbian_product_of_unit_noise():
 
     def sown_h(rng):
         _, sown = dense.apply(variables, x, rngs={layers.MIRROR_RNG: rng}, mutable=[layers.MIRROR])
-        return sown[layers.MIRROR]["kernel"]
+        return sown[layers.MIRROR]["feedback_kernel"]
 
     mean_h = jnp.mean(jax.vmap(sown_h)(jax.random.split(jax.random.key(5), 2000)), axis=0)
     w = variables["params"]["kernel"]
@@ -82,3 +84,32 @@ def test_alignment_is_sown_when_measuring():
     assert "hidden_0" not in sown[layers.ALIGNMENT]
     np.testing.assert_allclose(sown[layers.ALIGNMENT]["hidden_1"]["weight_angle"], 0.0, atol=0.1)
     np.testing.assert_allclose(sown[layers.ALIGNMENT]["output"]["norm_ratio"], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "module,x_shape",
+    [
+        (layers.Dense(features=3, rule="fa"), (2, 4)),
+        (layers.Conv(features=3, kernel_size=(2, 2), rule="kp"), (1, 3, 3, 2)),
+    ],
+)
+def test_an_own_layer_goes_through_nnx_bridge(module, x_shape):
+    """W ("kernel") and B ("feedback_kernel") have leaf names of their own, so NNX's bridge holds
+    both in one module (with B named "kernel" too, it fails on a duplicate variable path), and
+    the bridged layer sends the error down through B."""
+    from flax import nnx
+
+    bridged = nnx.bridge.ToNNX(module, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    nnx.bridge.lazy_init(bridged, x)
+    w, b = bridged.kernel[...], bridged.feedback_kernel[...]
+    assert w.shape == b.shape and not np.allclose(w, b)
+    y = module.apply(module.init(jax.random.key(0), x), x)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    got = nnx.grad(lambda m, x: jnp.vdot(m(x), g), argnums=1)(bridged, x)
+
+    # The same layer on backprop with B in W's place: its input gradient is the rule's.
+    swapped = {"params": {"kernel": b, "bias": bridged.bias[...]}}
+    as_bp = module.clone(rule="bp")
+    want = jax.grad(lambda x: jnp.vdot(as_bp.apply(swapped, x), g))(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

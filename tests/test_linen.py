@@ -73,6 +73,23 @@ def test_forward_and_params_are_the_stock_models():
         assert leaves[B].shape == variables["params"][name]["kernel"].shape
 
 
+@pytest.mark.parametrize("rule", ["fa", "kp", "sa"])
+def test_the_input_layer_is_not_measured(rule):
+    """The layer fed the input is on backprop with no B: no weight angle (it would be W's to
+    itself, 0) and no alignment loss, as for wtfree's own input layers; the others have both."""
+    model, variables = _init(rule)
+    x, _ = _data()
+    mutable = [layers.ALIGNMENT, layers.ALIGNMENT_LOSS]
+    _, sown = model.apply(variables, x, mutable=mutable)
+    measured = {"conv1", "dense_general", "einsum", "output"}
+    assert set(sown[layers.ALIGNMENT]) == measured
+    assert set(sown.get(layers.ALIGNMENT_LOSS, {})) == (measured if rule == "sa" else set())
+    # Named as the input layer (is_input), a layer not fed the input unchanged is skipped too.
+    named = convert_lib.convert(Stock(), rule, is_input=lambda path: path[-1] == "conv1")
+    _, sown = named.apply(named.init(jax.random.key(2), x), x, mutable=mutable)
+    assert set(sown[layers.ALIGNMENT]) == measured - {"conv1"}
+
+
 class One(nn.Module):
     """A single layer, not fed the input unchanged (so it is no input layer)."""
 
@@ -154,7 +171,7 @@ def test_error_goes_down_through_b(kind, rule):
 @pytest.mark.parametrize("kind", ["dense", "dense_general", "conv", "einsum"])
 def test_kp_gives_b_exactly_ws_gradient(kind):
     _, model, variables, x = _one(kind, "kp")
-    assert variables["trained_feedback"] == {"layer": {B: True}}
+    assert variables["trained_feedback"] == {"layer": {layers.BY_GRADIENT: True}}
     grads, _ = _grads(model, variables, x)
     out = grads["params"]["layer"]
     np.testing.assert_array_equal(grads["feedback"]["layer"][B], out["kernel"])
@@ -208,13 +225,11 @@ def test_matches_wtfrees_own_layers():
         plain = convert_lib.convert(Plain(), rule)
         v_own = own.init(jax.random.key(8), x)
         v_plain = plain.init(jax.random.key(8), x)
-        # Same W; B: wtfree's layers keep "kernel" as the leaf name (old checkpoints).
+        # Same W and B, under the same names (the input layer's B is never used).
         v_plain = {**v_plain, "params": v_own["params"]}
         if "feedback" in v_own:
             v_plain["feedback"] = {
-                name: {B: leaves["kernel"]}
-                for name, leaves in v_own["feedback"].items()
-                if name != "conv"
+                name: leaves for name, leaves in v_own["feedback"].items() if name != "conv"
             }
         g_own = _grads(own, {k: v_own[k] for k in ("params", "feedback") if k in v_own}, x)
         g_plain = _grads(plain, {k: v_plain[k] for k in ("params", "feedback") if k in v_plain}, x)
@@ -222,7 +237,7 @@ def test_matches_wtfrees_own_layers():
         if rule == "kp":
             for name in ("hidden", "output"):
                 np.testing.assert_array_equal(
-                    g_own[0]["feedback"][name]["kernel"], g_plain[0]["feedback"][name][B]
+                    g_own[0]["feedback"][name][B], g_plain[0]["feedback"][name][B]
                 )
 
 
@@ -250,7 +265,7 @@ def test_a_converted_model_trains_in_wtfrees_own_train_step():
     model = convert_lib.convert(WithTrainFlag(), "kp", is_input=lambda path: path[-1] == "input")
     shape = (4, 2, 2, 1)
     _, flags = steps.init_variables(model, jax.random.key(0), shape)
-    assert flags == {"hidden": {B: True}, "output": {B: True}}
+    assert flags == {"hidden": {layers.BY_GRADIENT: True}, "output": {layers.BY_GRADIENT: True}}
     tx = optim.make_optimizer(0.1, flags)
     state = steps.init_state(model, tx, jax.random.key(1), shape)
     step = jax.jit(steps.make_train_step(model, tx, "softmax_xent"))

@@ -78,9 +78,9 @@ def test_mirror_step_moves_b_by_the_closed_form_expectation(distribution):
     trainer = trainer_lib.Trainer(config)
     state = trainer.fresh_state()
     w = np.asarray(state["params"]["output"]["kernel"])
-    b = np.asarray(state["feedback"]["output"]["kernel"])
+    b = np.asarray(state["feedback"]["output"]["feedback_kernel"])
     after = trainer.mirror_step(state, jax.random.key(4))
-    update = np.asarray(after["feedback"]["output"]["kernel"]) - b
+    update = np.asarray(after["feedback"]["output"]["feedback_kernel"]) - b
     expected = eta * sigma**2 * n * w
     assert float(metrics.angle(update, expected)) < 5.0
     assert np.linalg.norm(update) / np.linalg.norm(expected) == pytest.approx(1.0, abs=0.08)
@@ -97,7 +97,7 @@ def test_layer_sows_the_hebbian_product_of_the_configured_noise(distribution):
 
     def sown_h(rng):
         _, sown = dense.apply(variables, x, rngs={stream: rng}, mutable=[layers.MIRROR])
-        return sown[layers.MIRROR]["kernel"]
+        return sown[layers.MIRROR]["feedback_kernel"]
 
     hs = jax.vmap(sown_h)(jax.random.split(jax.random.key(5), 2000))
     w = variables["params"]["kernel"]
@@ -270,10 +270,10 @@ def test_mirror_step_with_decay_is_the_closed_form():
         rngs={layers.MIRROR_RNG: jax.random.fold_in(rng, 0)},
         mutable=[layers.MIRROR],
     )
-    h = np.asarray(sown[layers.MIRROR]["output"]["kernel"])
-    b = np.asarray(before["feedback"]["output"]["kernel"])
+    h = np.asarray(sown[layers.MIRROR]["output"]["feedback_kernel"])
+    b = np.asarray(before["feedback"]["output"]["feedback_kernel"])
     expected = (1 - decay) * b + eta * sigma**2 * h
-    np.testing.assert_allclose(after["output"]["kernel"], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(after["output"]["feedback_kernel"], expected, rtol=1e-5, atol=1e-7)
     # Both terms are large enough that either applied twice (or not at all) would show.
     assert np.abs(decay * b).max() > 1e-2 and np.abs(eta * sigma**2 * h).max() > 1e-2
 

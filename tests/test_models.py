@@ -49,6 +49,11 @@ def _kernels(params) -> dict:
     return {path: leaf for path, leaf in flat.items() if path[-1] == "kernel"}
 
 
+def _as_feedback(kernels: dict) -> dict:
+    """W's paths (``<layer>/kernel``) as their B's (``<layer>/feedback_kernel``)."""
+    return {(*path[:-1], layers.FEEDBACK_KERNEL): leaf for path, leaf in kernels.items()}
+
+
 @pytest.mark.parametrize(
     "name,num_classes,size,expected",
     [
@@ -135,7 +140,7 @@ def test_feedback_collection_holds_one_b_per_kernel_or_per_block(name, rule):
         assert {path: b.shape for path, b in feedback.items()} == expected
     elif rules.get(rule).stores_feedback:
         assert {path: b.shape for path, b in feedback.items()} == {
-            path: w.shape for path, w in kernels.items()
+            path: w.shape for path, w in _as_feedback(kernels).items()
         }
     else:
         assert not feedback
@@ -170,8 +175,9 @@ def test_resnet20_under_dfa_has_a_b_for_each_of_its_nineteen_hidden_convs():
 def test_output_rule_bp_leaves_the_last_layer_without_b(name):
     make, x_shape = TINY[name]
     variables = _init_shapes(make(rule="fa", output_rule="bp"), x_shape)
-    feedback = _kernels(variables[layers.FEEDBACK])
-    assert set(feedback) == set(_kernels(variables["params"])) - {("output", "kernel")}
+    feedback = traverse_util.flatten_dict(variables[layers.FEEDBACK])
+    kernels = _as_feedback(_kernels(variables["params"]))
+    assert set(feedback) == set(kernels) - {("output", layers.FEEDBACK_KERNEL)}
 
 
 def _variables(model, x_shape, seed: int = 0) -> dict:
@@ -186,7 +192,7 @@ def _variables(model, x_shape, seed: int = 0) -> dict:
     for collection in ("params", "batch_stats", layers.FEEDBACK):
         flat = {}
         for path, leaf in traverse_util.flatten_dict(shapes.get(collection, {})).items():
-            if path[-1] == "kernel":
+            if path[-1] in ("kernel", layers.FEEDBACK_KERNEL):
                 fan = math.prod(leaf.shape[:-1])
                 value = np_rng.normal(size=leaf.shape) / math.sqrt(fan)
             elif path[-1] in ("scale", "var"):
@@ -230,7 +236,7 @@ def test_fa_sends_the_error_through_the_b_of_every_layer(name):
     params, random_b = variables["params"], variables[layers.FEEDBACK]
     expected_dparams, expected_dx = _grads(name, "bp", variables)
 
-    mirrored = traverse_util.flatten_dict(random_b) | _kernels(params)
+    mirrored = traverse_util.flatten_dict(random_b) | _as_feedback(_kernels(params))
     dparams, dx = _grads(name, "fa", variables, traverse_util.unflatten_dict(mirrored))
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-7)
     for got, want in zip(jax.tree.leaves(dparams), jax.tree.leaves(expected_dparams), strict=True):

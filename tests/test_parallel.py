@@ -78,8 +78,9 @@ def test_mirror_step_per_device_keeps_b_identical_and_averages_the_hebbian_updat
     old = traverse_util.flatten_dict(before["feedback"])
     m = config.mirror
     # The input layer's B is never used, so it is not mirrored: it stays as it was.
-    assert set(per_device[0]) == set(old) - {("hidden_0", "kernel")}
-    np.testing.assert_array_equal(got[("hidden_0", "kernel")], old[("hidden_0", "kernel")])
+    input_b = ("hidden_0", layers.FEEDBACK_KERNEL)
+    assert set(per_device[0]) == set(old) - {input_b}
+    np.testing.assert_array_equal(got[input_b], old[input_b])
     for path, b in old.items():
         if path not in per_device[0]:
             continue

@@ -137,7 +137,7 @@ def test_init_from_starts_from_another_runs_checkpoint_at_step_0(tmp_path):
     first = logs.read_metrics(str(tmp_path / "b"))[0]
     assert first["step"] == 0
     # The output layer's B is the one measured (the input layer's is never used).
-    w, b = last["params"]["output"]["kernel"], last["feedback"]["output"]["kernel"]
+    w, b = last["params"]["output"]["kernel"], last["feedback"]["output"]["feedback_kernel"]
     assert first["align/weight_angle/output"] == pytest.approx(float(metrics.angle(w, b)), 1e-4)
     fresh = trainer_lib.Trainer(config).fresh_state()
     assert not np.allclose(w, fresh["params"]["output"]["kernel"])

@@ -256,8 +256,8 @@ def test_kp_matched_decay_closes_the_gap_in_closed_form(model, x_shape):
         variables, opt_state = step(variables, opt_state)
     assert set(init["feedback"]) == set(init["params"])  # one B per layer
     for name in init["feedback"]:
-        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["kernel"]
-        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["kernel"]
+        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["feedback_kernel"]
+        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["feedback_kernel"]
         gap0, gap = jnp.linalg.norm(w0 - b0), jnp.linalg.norm(w - b)
         np.testing.assert_allclose(gap, (1 - lr * decay) ** steps * gap0, rtol=1e-4)
         assert not np.allclose(w, w0)
@@ -299,8 +299,8 @@ def test_kp_gap_follows_matched_decay_gap_with_momentum_and_a_schedule(nesterov)
     # Momentum makes the factor differ from the no-momentum one: the test tells them apart.
     assert abs(factor - optim.matched_decay_gap(schedule, steps, decay)) > 0.05
     for name in init["feedback"]:
-        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["kernel"]
-        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["kernel"]
+        w0, b0 = init["params"][name]["kernel"], init["feedback"][name]["feedback_kernel"]
+        w, b = variables["params"][name]["kernel"], variables["feedback"][name]["feedback_kernel"]
         np.testing.assert_allclose(b - w, factor * (b0 - w0), rtol=2e-4, atol=1e-6)
 
 

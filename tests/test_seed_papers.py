@@ -103,8 +103,8 @@ def test_feedback_scale_multiplies_b_and_leaves_w_alone():
         scaled["params"]["output"]["kernel"], plain["params"]["output"]["kernel"]
     )
     np.testing.assert_allclose(
-        scaled["feedback"]["output"]["kernel"],
-        4.0 * plain["feedback"]["output"]["kernel"],
+        scaled["feedback"]["output"]["feedback_kernel"],
+        4.0 * plain["feedback"]["output"]["feedback_kernel"],
         rtol=1e-6,
     )
 
@@ -139,7 +139,7 @@ def test_weight_cosine_is_the_cosine_of_b_and_w():
     _, sown = model.apply(variables, x, mutable=[layers.ALIGNMENT])
     out = metrics.alignment(sown[layers.ALIGNMENT])
     w = np.asarray(variables["params"]["output"]["kernel"]).ravel()
-    b = np.asarray(variables["feedback"]["output"]["kernel"]).ravel()
+    b = np.asarray(variables["feedback"]["output"]["feedback_kernel"]).ravel()
     expected = w @ b / np.linalg.norm(w) / np.linalg.norm(b)
     assert float(out["align/weight_cosine/output"]) == pytest.approx(expected, abs=1e-5)
 
@@ -155,7 +155,7 @@ def test_delta_angle_is_lillicraps_hidden_update_angle_in_a_linear_network():
     p, b = state["params"], state["feedback"]
     h = batch["image"] @ p["hidden_0"]["kernel"] + p["hidden_0"]["bias"]
     e = h @ p["output"]["kernel"] + p["output"]["bias"] - batch["label"]
-    fa, bp = e @ b["output"]["kernel"].T, e @ p["output"]["kernel"].T
+    fa, bp = e @ b["output"]["feedback_kernel"].T, e @ p["output"]["kernel"].T
     cos = np.sum(fa * bp) / np.linalg.norm(fa) / np.linalg.norm(bp)
     expected = np.degrees(np.arccos(cos))
     assert float(got["align/delta_angle/hidden_0"]) == pytest.approx(expected, abs=0.05)

@@ -143,16 +143,16 @@ def test_mirror_step_moves_b_towards_w():
     state = trainer.fresh_state()
 
     def angle(s, layer="output"):
-        w, b = s["params"][layer]["kernel"], s["feedback"][layer]["kernel"]
+        w, b = s["params"][layer]["kernel"], s["feedback"][layer]["feedback_kernel"]
         return float(metrics.angle(w, b))
 
     before = angle(state)
-    input_b = np.asarray(state["feedback"]["hidden_0"]["kernel"])
+    input_b = np.asarray(state["feedback"]["hidden_0"]["feedback_kernel"])
     for i in range(20):
         state = trainer.mirror_step(state, jax.random.PRNGKey(i))
     assert before > 80 and angle(state) < before - 20
     # The input layer's B sends no error anywhere: it is not mirrored.
-    np.testing.assert_array_equal(state["feedback"]["hidden_0"]["kernel"], input_b)
+    np.testing.assert_array_equal(state["feedback"]["hidden_0"]["feedback_kernel"], input_b)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 from flax import traverse_util
@@ -13,7 +14,7 @@ from flax import traverse_util
 import wtfree
 from configs import fashion_mnist_vit
 from tests import fake_data
-from wtfree import loop, models, trainer
+from wtfree import loop, models, optim, trainer
 from wtfree.models import vit
 
 # The layers wtfree.convert intercepts: every weight that multiplies an activation must be
@@ -215,6 +216,9 @@ def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule,
             assert 45.0 < record[f"align/weight_angle/{layer}"] < 135.0, (layer, record)
         for layer in ATTENTION:
             assert record[f"align/delta_angle/{layer}"] > 1.0, (layer, record)
+        # The patch embedding reads the image: on backprop, no B, so no angle of B to W.
+        assert "align/weight_angle/embedding" not in record
+        assert "align/delta_angle/embedding" in record  # the error it receives is measured
     if rule == "sa":
         assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
 
@@ -226,3 +230,30 @@ def test_the_config_gives_convert_its_noise_options_as_values():
     model = trainer.make_model(config, 10)
     assert model.options.mirror_noise == "uniform"
     assert model.options.alignment_input == "normal"
+
+
+def test_weight_decay_reaches_the_kernels_only():
+    """With a zero gradient, SGD's update is -eta*lambda*leaf where weight decay applies and 0
+    elsewhere: at every kernel, W and KP's B alike, and at no bias (the attention's per-head
+    biases are 2-D), layer-norm scale, class token or position embedding."""
+    model = wtfree.convert(vit.Model(**TINY), "kp")
+    variables = _init(model, (1, 8, 8, 1))
+    eta, decay = 0.5, 0.1
+    tx = optim.make_optimizer(eta, variables["trained_feedback"], weight_decay=decay, momentum=0.9)
+    trainable = {k: variables[k] for k in ("params", "feedback")}
+    zeros = jax.tree.map(jnp.zeros_like, trainable)
+    updates, _ = tx.update(zeros, tx.init(trainable), trainable)
+    flat = traverse_util.flatten_dict(trainable)
+    moved = traverse_util.flatten_dict(updates)
+    kernels = {path for path in flat if path[-1] in ("kernel", wtfree.linen.FEEDBACK_KERNEL)}
+    for path, leaf in flat.items():
+        want = -eta * decay * leaf if path in kernels else jnp.zeros_like(leaf)
+        np.testing.assert_allclose(moved[path], want, rtol=1e-6, err_msg="/".join(path))
+    names = {path[-1] for path in set(flat) - kernels}
+    assert names == {"bias", "scale", "cls", "position_embedding"}
+    assert flat["params", "block_0", "attention", "query", "bias"].ndim == 2
+    # Every B the optimizer trains (KP) is a kernel the decay reaches, as its W is.
+    assert {p for p in kernels if p[0] == "feedback"} == {
+        ("feedback", *p[:-1], wtfree.linen.FEEDBACK_KERNEL)
+        for p in traverse_util.flatten_dict(variables["trained_feedback"])
+    } and len(kernels) == 2 * (2 + 6 * TINY["depth"]) - 1  # the input layer has no B

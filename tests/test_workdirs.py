@@ -242,3 +242,31 @@ def test_a_changed_seed_or_batch_size_is_another_experiment(tmp_path, key, value
     assert workdir.check_config(tiny_config("kp", num_train_steps=9), tmp_path) == {
         "num_train_steps": (6, 9)
     }
+
+
+def test_a_checkpoint_with_bs_old_leaf_name_resumes(tmp_path):
+    """wtfree's own layers named B "kernel", as W, until it became "feedback_kernel" (nnx.bridge
+    needs distinct names). A checkpoint saved under the old name, the optimizer's momentum of B
+    included, is read into the new layout leaf for leaf, evaluated, and the run goes on."""
+    config = tiny_config("kp", num_train_steps=3, checkpoint_every_steps=3)
+    config.optimizer.momentum = 0.9  # B's momentum lives in the optimizer state, under its name
+    loop.train_and_evaluate(config, str(tmp_path))
+    trainer = trainer_lib.Trainer(config)
+    saved = final_state(tmp_path, config)
+    old = checkpoints._old_feedback_names(saved)
+    paths = checkpoints._leaf_paths(old)
+    assert "feedback/output/kernel" in paths and "feedback/output/feedback_kernel" not in paths
+    assert any(p.startswith("opt_state/") and p.endswith("feedback/output/kernel") for p in paths)
+    with checkpoints.make_manager(tmp_path) as manager:
+        manager.delete(3)
+        checkpoints.save(manager, old, force=True)
+        manager.wait_until_finished()
+    with checkpoints.make_manager(tmp_path) as manager:
+        assert "feedback/output/kernel" in checkpoints._saved_paths(checkpoints._item(manager, 3))
+        assert_same_state(checkpoints.restore(manager, trainer.abstract_state), saved)
+        parts = checkpoints.restore_parts(manager, trainer.abstract_state, ("feedback", "step"))
+    assert_same_state(parts, {"feedback": saved["feedback"], "step": saved["step"]})
+    assert loop.evaluate_checkpoint(str(tmp_path))["step"] == 3
+    config.num_train_steps = 6
+    loop.train_and_evaluate(config, str(tmp_path))
+    assert int(final_state(tmp_path, config)["step"]) == 6

@@ -147,9 +147,22 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
     if step is None:
         return None
     _check_step(manager, step)
-    _check_layout(_item(manager, step), abstract_state)
+    item = _item(manager, step)
+    target = abstract_state
+    try:
+        _check_layout(item, abstract_state)
+    except OtherLayout:
+        # Saved while wtfree's own layers named B "kernel": read in that layout, then renamed.
+        target = _old_feedback_names(abstract_state)
+        try:
+            _check_layout(item, target)
+        except OtherLayout:
+            target = None
+        if target is None or target is abstract_state:
+            raise
     with _reading(manager, step):
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        state = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return state if target is abstract_state else _as_laid_out(abstract_state, state)
 
 
 def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: int | None = None):
@@ -162,14 +175,75 @@ def restore_parts(manager: ocp.CheckpointManager, abstract_state, keys, step: in
     """
     step = manager.latest_step() if step is None else step
     _check_step(manager, step)
-    parts = {key: abstract_state[key] for key in keys}
+    wanted = {key: abstract_state[key] for key in keys}
+    parts = wanted
+    saved = _saved_paths(_item(manager, step))
+    if saved is not None and not _leaf_paths(wanted) <= saved:
+        parts = _old_feedback_names(wanted)  # saved while own layers named B "kernel"
+        if not _leaf_paths(parts) <= saved:
+            parts = wanted  # another layout: the read says what is missing
     args = ocp.args.PyTreeRestore(
         item=parts,
         restore_args=ocp.checkpoint_utils.construct_restore_args(parts),
         partial_restore=True,
     )
     with _reading(manager, step), ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(_item(manager, step), args=args)
+        restored = checkpointer.restore(_item(manager, step), args=args)
+    return restored if parts is wanted else _as_laid_out(wanted, restored)
+
+
+# B's leaf name under "feedback" in the state, and the one wtfree's own layers gave it before
+# (layers.FEEDBACK_KERNEL): the name W has, which nnx.bridge cannot hold in one module.
+_FEEDBACK_KERNEL, _OLD_FEEDBACK_KERNEL = "feedback_kernel", "kernel"
+
+
+def _old_feedback_names(tree, under_feedback: bool = False):
+    """``tree`` (a state, or any part of it: the optimizer's too) with every ``feedback_kernel``
+    key below a ``feedback`` key named ``kernel``, as checkpoints of wtfree's own layers were
+    laid out before; ``tree`` itself where there is none."""
+    if isinstance(tree, dict):
+        out, renamed = {}, False
+        for key, value in tree.items():
+            new_value = _old_feedback_names(value, under_feedback or key == "feedback")
+            new_key = key
+            if under_feedback and key == _FEEDBACK_KERNEL and _OLD_FEEDBACK_KERNEL not in tree:
+                new_key = _OLD_FEEDBACK_KERNEL
+            renamed |= new_key != key or new_value is not value
+            out[new_key] = new_value
+        return out if renamed else tree
+    if isinstance(tree, tuple | list):
+        values = [_old_feedback_names(v, under_feedback) for v in tree]
+        if all(a is b for a, b in zip(values, tree, strict=True)):
+            return tree
+        return type(tree)(*values) if hasattr(tree, "_fields") else type(tree)(values)
+    return tree
+
+
+def _as_laid_out(abstract_state, restored):
+    """``restored`` (read in the old names, ``_old_feedback_names(abstract_state)``'s layout)
+    with ``abstract_state``'s names: the leaves correspond one to one, in the same order."""
+    want = _leaf_paths_in_order(_old_feedback_names(abstract_state))
+    if _leaf_paths_in_order(restored) != want:
+        raise errors.RunError("a checkpoint in the old feedback layout did not map one to one")
+    leaves = jax.tree.leaves(restored)
+    return jax.tree.unflatten(jax.tree.structure(abstract_state), leaves)
+
+
+def _leaf_paths_in_order(tree) -> list[str]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return ["/".join(_key_name(k) for k in path) for path, _ in leaves]
+
+
+def _key_name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+
+
+def _saved_paths(item: epath.Path) -> set[str] | None:
+    """The leaf paths of the state saved in ``item``; None where its metadata cannot be read."""
+    try:
+        return _leaf_paths(ocp.StandardCheckpointHandler().metadata(item))
+    except Exception:  # unreadable metadata: a damaged checkpoint, judged by the read
+        return None
 
 
 def _item(manager: ocp.CheckpointManager, step: int) -> epath.Path:
@@ -204,11 +278,7 @@ def _leaf_paths(tree) -> set[str]:
     """The tree's leaves as "a/b/0" paths: dict keys, attribute names and indices alike, so that a
     checkpoint's metadata (dicts and lists) compares with the state (also named tuples)."""
 
-    def name(key) -> str:
-        return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
-
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(k) for k in path) for path, _ in leaves}
+    return set(_leaf_paths_in_order(tree))
 
 
 def _listed(paths: list[str], most: int = 3) -> str:
@@ -221,10 +291,8 @@ def _check_layout(item: epath.Path, abstract_state) -> None:
     tree other than ``abstract_state``'s. Metadata that cannot be read says nothing here: the
     read itself then tells damage apart."""
     directory = item.parent
-    try:
-        saved = ocp.StandardCheckpointHandler().metadata(item)
-        recorded = _leaf_paths(saved)
-    except Exception:  # unreadable metadata: a damaged checkpoint, judged by the read
+    recorded = _saved_paths(item)
+    if recorded is None:
         return
     expected = _leaf_paths(abstract_state)
     if recorded != expected:

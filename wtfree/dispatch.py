@@ -3,7 +3,7 @@
 import collections
 import functools
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import jax
@@ -30,7 +30,18 @@ MAX_STEPS_PER_DISPATCH = 64
 MAX_UNROLLED_STEPS = 4
 
 
-def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll: bool = False):
+# The measurements the NaN watch sums, where the train step logs them (``Trainer.watched``
+# names the model's): B can diverge under its alignment loss while the task loss stays finite.
+WATCHED = ("train/loss", "train/alignment_loss")
+
+
+def make_multi_step(
+    train_step,
+    mirror_step=None,
+    mirror_every: int = 1,
+    unroll: bool = False,
+    watched: Sequence[str] = WATCHED,
+):
     r"""``multi_step(state, watch, chunk, n) -> (state, watch, measurements)``: one train step
     for each of the first ``n`` batches of ``chunk`` (batches stacked on a leading axis).
 
@@ -40,11 +51,12 @@ def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll:
     exactly ``n`` batches, stepped through as copies of the step in line, and ``n`` is unused
     (each length is its own program; the loop uses powers of two).
 
-    With ``mirror_step``, the step that makes ``state["step"]`` a multiple of ``mirror_every``
-    is followed by a mirror batch whose key is ``_mirror_rng(state, 1, step)`` of the step's own
-    (pre-step) number: the same steps and keys as one call per step. ``watch`` (``_watch_loss``)
-    rides in the loop's carry, so the NaN watch costs no call of its own. ``measurements`` are
-    the last step's.
+    With ``mirror_step`` (a kind's state step, ``kinds.StateStep``: the weight mirror's), the
+    step that makes ``state["step"]`` a multiple of ``mirror_every`` is followed by a mirror
+    batch whose key is ``_mirror_rng(state, 1, step)`` of the step's own (pre-step) number: the
+    same steps and keys as one call per step. ``watch`` (``_watch_loss``) rides in the loop's
+    carry, so the NaN watch costs no call of its own; it reads the sum of the ``watched``
+    measurements the step logs. ``measurements`` are the last step's.
     """
 
     def mirror(state: State, rng) -> State:
@@ -57,11 +69,11 @@ def make_multi_step(train_step, mirror_step=None, mirror_every: int = 1, unroll:
         state, measurements = train_step(state, batch)
         if mirror_step is not None:
             state = mirror(state, rng)
-        watched = measurements["train/loss"]
-        if "train/alignment_loss" in measurements:
-            # B can diverge under its alignment loss while the task loss stays finite.
-            watched = watched + measurements["train/alignment_loss"]
-        return state, _watch_loss(watch, state["step"], watched), measurements
+        loss = measurements[watched[0]]
+        for name in watched[1:]:
+            if name in measurements:
+                loss = loss + measurements[name]
+        return state, _watch_loss(watch, state["step"], loss), measurements
 
     def batch_at(chunk, i):
         return jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), chunk)

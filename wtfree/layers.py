@@ -15,14 +15,19 @@ Array = jax.Array
 
 # Collections, besides "params":
 FEEDBACK = "feedback"  # B, for rules that store it
+# B's leaf name in FEEDBACK: never W's "kernel", so that one module can hold both under
+# nnx.bridge (wtfree.linen names it so too). Checkpoints written while wtfree's own layers
+# named B "kernel" are read and renamed (wtfree.checkpoints).
+FEEDBACK_KERNEL = "feedback_kernel"
 MIRROR = "mirror"  # sown Hebbian products, in mirror mode
 ALIGNMENT = "alignment"  # sown angle of B to W and norm ratio, when measuring
 TRAINED_FEEDBACK = "trained_feedback"  # sown at init where the optimizer moves B (KP, sa, ...)
 PERTURBATIONS = "perturbations"  # zeros added to layer outputs, to read the error there
 ALIGNMENT_LOSS = "alignment_loss"  # sown primitives of LOSS rules' alignment losses (training)
-# Under TRAINED_FEEDBACK, this leaf (beside where "kernel" would be) marks a B that the optimizer
-# moves along its alignment loss's gradient (LOSS rules), not with W.
+# Under TRAINED_FEEDBACK, beside B's name: BY_GRADIENT marks a B the optimizer moves with W (KP),
+# BY_ALIGNMENT_LOSS one it moves along its alignment loss's gradient (LOSS rules).
 BY_ALIGNMENT_LOSS = optim.BY_ALIGNMENT_LOSS
+BY_GRADIENT = optim.BY_GRADIENT
 
 # Random streams: "feedback" for rules that draw in the backward pass (brSF); "mirror" switches
 # a layer into mirror mode and draws its noise.
@@ -115,7 +120,7 @@ def apply_rule(
     init_feedback,
     std: float,
     input_layer: bool = False,
-    feedback_name: str = "kernel",
+    feedback_name: str = FEEDBACK_KERNEL,
     mirror_noise: str | None = None,
     mirror_rng: str = MIRROR_RNG,
     alignment_input: str = "activations",
@@ -157,7 +162,7 @@ def apply_rule(
         b = module.variable(FEEDBACK, feedback_name, init_feedback).value
         # What the optimizer does with B (wtfree.optim reads these flags).
         if module.is_initializing() and kind.label == kinds.TRAIN:
-            module.sow(TRAINED_FEEDBACK, feedback_name, jnp.ones((), bool), reduce_fn=_keep_last)
+            module.sow(TRAINED_FEEDBACK, BY_GRADIENT, jnp.ones((), bool), reduce_fn=_keep_last)
         if module.is_initializing() and kind.label == kinds.ALIGN and not input_layer:
             flag = jnp.ones((), bool)
             module.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)

@@ -51,7 +51,7 @@ def optimizer(
     flags = traverse_util.flatten_dict(dict(variables.get(layers.TRAINED_FEEDBACK, {})))
 
     def label(path):
-        if path in flags:
+        if (*path[:-1], optim.BY_GRADIENT) in flags:
             return optim.TRAIN
         if (*path[:-1], optim.BY_ALIGNMENT_LOSS) in flags:
             return optim.ALIGN

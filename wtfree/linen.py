@@ -46,7 +46,7 @@ Array = jax.Array
 Path = tuple[str, ...]
 
 # B's leaf name beside W's "kernel" (W and B must not share a leaf name: nnx.bridge).
-FEEDBACK_KERNEL = "feedback_kernel"
+FEEDBACK_KERNEL = layers.FEEDBACK_KERNEL
 # DFA's B of a layer, shape (outputs, units of the layer's input).
 DIRECT_KERNEL = "direct_kernel"
 # The streams a converted model draws from: brSF's feedback magnitudes (``layers.FEEDBACK_RNG``),
@@ -195,12 +195,12 @@ def _intercept(options: Options, inputs: Sequence[Array], error, next_fun, args,
             return next_fun(*args, **kwargs)
     rule = rules.get(name)
     if layer is _EINSUM:
-        return _einsum(module, options, rule, next_fun, *args, **kwargs)
+        return _einsum(module, options, rule, is_input, next_fun, *args, **kwargs)
     base = layer.base_op(module)
 
     def op(lhs, rhs, *op_args, **op_kwargs):
         f = lambda x_, w_: base(x_, w_, *op_args, **op_kwargs)  # noqa: E731
-        return _apply(module, options, rule, layer, f, lhs, rhs)
+        return _apply(module, options, rule, layer, f, lhs, rhs, is_input)
 
     with _swapped(module, _wtfree_converting=True, **layer.hook(op)):
         y = next_fun(*args, **kwargs)
@@ -301,8 +301,12 @@ def _layer_type(module: nn.Module) -> _Layer | None:
     return None
 
 
-def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -> Array:
-    """The rule's ``f(x, W)`` for a stock layer whose (promoted) kernel is ``w``."""
+def _apply(
+    module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w, is_input: bool
+) -> Array:
+    """The rule's ``f(x, W)`` for a stock layer whose (promoted) kernel is ``w``. An input
+    layer (``is_input``) is on backprop and has no B: its weight angle, W's to itself, is not
+    measured, as wtfree's own input layers' is not."""
     shape = layer.init_shape(module, w.shape)
 
     def init_feedback():
@@ -325,6 +329,7 @@ def _apply(module, options: Options, rule: rules.Rule, layer: _Layer, f, x, w) -
         init_feedback=init_feedback,
         # The sign rules' scale: W's std under flax's default kernel_init (lecun_normal).
         std=layers.init_std(1.0, "fan_in", shape),
+        input_layer=is_input,
         feedback_name=FEEDBACK_KERNEL,
         mirror_noise=mirror_noise,
         mirror_rng=mirror_rng,
@@ -366,7 +371,9 @@ def _masked_feedback(f, mask):
     return lambda x, w: f(x, w * jnp.asarray(mask, w.dtype))
 
 
-def _einsum(module: nn.Einsum, options: Options, rule, next_fun, inputs, einsum_str=None):
+def _einsum(
+    module: nn.Einsum, options: Options, rule, is_input: bool, next_fun, inputs, einsum_str=None
+):
     """``nn.Einsum.__call__`` with its einsum computed by the rule (it has no op to swap)."""
     einsum_str = nn.merge_param("einsum_str", module.einsum_str, einsum_str)
     einsum_str = einsum_str.replace(" ", "")
@@ -385,7 +392,7 @@ def _einsum(module: nn.Einsum, options: Options, rule, next_fun, inputs, einsum_
         precision=module.precision,
         preferred_element_type=module.preferred_element_type,
     )
-    y = _apply(module, options, rule, _EINSUM, f, inputs, kernel)
+    y = _apply(module, options, rule, _EINSUM, f, inputs, kernel, is_input)
     if bias is not None:
         y += jnp.reshape(bias, broadcasted_bias_shape)
     return y

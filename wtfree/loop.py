@@ -9,12 +9,12 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from wtfree import checkpoints, config_lib, dispatch, errors, paths, rules, sharding, steps
+from wtfree import checkpoints, config_lib, dispatch, errors, paths, sharding, steps
 from wtfree import logs as logs_lib
 from wtfree import preemption as preemption_lib
 from wtfree import workdir as workdir_lib
 from wtfree.steps import State
-from wtfree.trainer import Trainer, uses_feedback
+from wtfree.trainer import Trainer
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLike) -> dict:
@@ -78,10 +78,8 @@ def restore_or_init(trainer: Trainer, manager) -> State:
             raise errors.RunError(f"init_from={init_from!r} holds no checkpoint")
         logging.info("Initialized from %s", init_from)
         return {**state, "step": jnp.zeros_like(state["step"])}
-    state = trainer.fresh_state()
-    if trainer.uses_mirror:
-        state = trainer.mirror_pretrain(state)
-    return state
+    # A kind's state step runs its pretraining passes first (the weight mirror's).
+    return trainer.mirror_pretrain(trainer.fresh_state())
 
 
 def _claim_workdir(config: ml_collections.ConfigDict, workdir: epath.Path):
@@ -137,9 +135,7 @@ def _train_loop(trainer: Trainer, state, manager, writer, preemption, lock) -> d
 
     progress = logs_lib.Progress(total, start_step=step)
     last_test: dict[str, float] = {}
-    watched = "train/loss"
-    if uses_feedback(config, rules.LOSS):
-        watched = "train/loss + train/alignment_loss"  # what make_multi_step watches
+    watched = " + ".join(trainer.watched)  # what make_multi_step watches
     for calls, (step, state, watch, measurements, alignment) in enumerate(chunks):
         if lock is not None and lock.lost:
             raise errors.RunError(f"another run took over {manager.directory}; stopped")

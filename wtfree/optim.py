@@ -9,7 +9,10 @@ from flax import traverse_util
 TRAIN = "train"
 FROZEN = "frozen"
 ALIGN = "align"  # B moved by the gradient of its alignment loss: W's chain without weight decay
-# The leaf, beside a B's "kernel", that marks it as ALIGN in `trained_feedback` (wtfree.layers).
+# The leaves, beside a B's name, that mark it in `trained_feedback` (wtfree.layers sows them at
+# init): TRAIN (Kolen-Pollack: B gets W's gradient) or ALIGN. Names of their own, not B's: under
+# nnx.bridge every collection of a module shares one namespace.
+BY_GRADIENT = "by_gradient"
 BY_ALIGNMENT_LOSS = "by_alignment_loss"
 
 
@@ -49,9 +52,22 @@ def make_schedule(
     return optax.join_schedules([warmup, main], [warmup_steps])
 
 
-def _decay_mask(tree: Any) -> Any:
-    # Decay kernels (W and B), not biases or batch-norm scales.
-    return jax.tree.map(lambda x: x.ndim > 1, tree)
+# The leaf names of the weights weight decay applies to: W ("kernel", as every Flax linear layer
+# names it) and a trained B ("feedback_kernel", layers.FEEDBACK_KERNEL). Biases,
+# normalization scales, a ViT's class token and position embeddings are not decayed, whatever
+# their rank.
+DECAYED = ("kernel", "feedback_kernel")
+
+
+def decay_mask(tree: Any) -> Any:
+    """True at the leaves weight decay applies to: the kernels, W and B (``DECAYED``)."""
+
+    def decayed(path, leaf) -> bool:
+        del leaf
+        last = path[-1] if path else None
+        return getattr(last, "key", None) in DECAYED
+
+    return jax.tree_util.tree_map_with_path(decayed, tree)
 
 
 def make_optimizer(
@@ -69,7 +85,7 @@ def make_optimizer(
     The transform acts on ``{"params": ..., "feedback": ...}``. Every parameter gets
 
     .. math::
-      u = g + \lambda W \;(\text{kernels only}), \qquad
+      u = g + \lambda W \;(\text{kernels only: } \texttt{decay\_mask}), \qquad
       m \leftarrow \mu m + u, \qquad W \leftarrow W - \eta_t m
 
     (Nesterov optional). A B marked in ``trained_feedback`` (Kolen-Pollack) goes through the
@@ -89,10 +105,11 @@ def make_optimizer(
 
     Args:
       learning_rate: :math:`\eta`, or a schedule.
-      trained_feedback: a nested dict whose leaves' paths name the B trained with W (as
+      trained_feedback: a nested dict whose leaves' paths mark the B the optimizer moves (as
         ``wtfree.layers`` sows them at init under ``trained_feedback``; only the paths matter,
-        so ``jax.eval_shape`` of the init gives it). A leaf ``by_alignment_loss`` in place of
-        ``kernel`` marks a B trained by its alignment loss. Every other B is left alone.
+        so ``jax.eval_shape`` of the init gives it): a leaf ``by_gradient`` beside B's
+        ``feedback_kernel`` marks a B trained with W, ``by_alignment_loss`` one trained by its
+        alignment loss. Every other B is left alone.
       momentum: :math:`\mu`; 0 for plain SGD.
       nesterov: Nesterov momentum.
       weight_decay: :math:`\lambda`.
@@ -112,7 +129,7 @@ def make_optimizer(
       NeurIPS 2019 (matched weight decay for W and B).
     """
     train = optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=_decay_mask),
+        optax.add_decayed_weights(weight_decay, mask=decay_mask),
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
 
@@ -127,7 +144,7 @@ def make_optimizer(
     flags = traverse_util.flatten_dict(dict(trained_feedback or {}))
 
     def label(path):
-        if path in flags:
+        if (*path[:-1], BY_GRADIENT) in flags:
             return TRAIN
         if (*path[:-1], BY_ALIGNMENT_LOSS) in flags:
             return ALIGN

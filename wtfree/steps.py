@@ -1,6 +1,7 @@
 """Pure train, eval, measure and mirror steps on a plain-dict state, to jit in any loop."""
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -10,7 +11,7 @@ from flax import traverse_util
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from wtfree import layers, metrics, rules, sharding
+from wtfree import kinds, layers, metrics, rules, sharding
 from wtfree.linen import Converted
 
 State = dict[str, Any]
@@ -58,42 +59,22 @@ def _step_rngs(state: State) -> dict:
     }
 
 
-def make_train_step(model, tx, loss_name: str, alignment=None):
+def make_train_step(model, tx, loss_name: str, *, extras: Sequence[kinds.StepExtra] = ()):
     r"""``train_step(state, batch) -> (state, measurements)``: one step of the model's rule.
 
-    With ``alignment`` (``config.alignment``; for the rules sa, aa, ia, wm_reg), the layers
-    sow their alignment primitives and the step minimizes
-    :math:`L_\text{task} + \sum_\text{layers} R_\text{rule}(B)`. Each layer's R sees W and
-    its input with the gradient stopped and the task loss gives B nothing, so in the one
-    gradient W gets the task's alone and B its alignment loss's alone. ``alignment.input`` is
-    ``activations`` (the layer's own input) or ``normal`` / ``uniform`` noise of std
-    ``alignment.input_std``; ``alignment.coefficients`` maps each rule to its alpha, beta,
-    gamma (``wtfree.rules.alignment``); ``alignment.positions`` (``sum`` or ``mean``) whether a
-    conv's primitives that read x sum or average over its output positions. B's step size,
-    ``alignment.learning_rate_scale`` times W's, is the optimizer's (``trainer.make_optimizer``).
+    The step minimizes the task loss plus each of ``extras``' losses (what a kind adds to the
+    step, ``kinds.Kind.step_extra``: the Trainer gives the configured rules'; e.g. the
+    alignment losses, ``kinds.loss.step_extra(config.alignment)``), with their collections
+    mutable and their random streams passed, and logs each under its name.
     """
     loss_fn = metrics.get_loss(loss_name)
-    if alignment is not None and alignment.input not in layers.ALIGNMENT_INPUTS:
-        allowed = ", ".join(layers.ALIGNMENT_INPUTS)
-        raise ValueError(f"alignment.input={alignment.input!r}; allowed: {allowed}")
+    mutable = [c for extra in extras for c in extra.mutable]
 
     def rngs_for(state: State) -> dict:
         rngs = _step_rngs(state)
-        if alignment is not None and alignment.input in layers.ALIGNMENT_NOISE_RNGS:
-            stream = layers.ALIGNMENT_NOISE_RNGS[alignment.input]
-            rngs[stream] = jax.random.fold_in(jax.random.fold_in(state["rng"], 3), state["step"])
+        for extra in extras:
+            rngs.update(extra.rngs(state))
         return rngs
-
-    def alignment_loss(sown):
-        if alignment is None:
-            return jnp.zeros((), jnp.float32)
-        # Noise primitives are measured at unit variance; they are quadratic in the input.
-        scale = 1.0 if alignment.input == "activations" else alignment.input_std**2
-        coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
-        positions = alignment.get("positions", "sum")
-        return rules.alignment.total_loss(sown, coefficients, scale, positions)
-
-    mutable = [layers.ALIGNMENT_LOSS] if alignment is not None else []
 
     def train_step(state: State, batch):
         def loss(trainable):
@@ -101,13 +82,11 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
             logits, new = _apply(model, variables, batch["image"], True, rngs_for(state), mutable)
             per_example = loss_fn(logits.astype(jnp.float32), batch["label"])
             task = per_example.mean()
-            aligning = alignment_loss(new.get(layers.ALIGNMENT_LOSS, {}))
-            return task + aligning, (logits, new, task, aligning)
+            added = {extra.name: extra.loss(new) for extra in extras}
+            return task + sum(added.values()), (logits, new, task, added)
 
         trainable = {"params": state["params"], "feedback": state["feedback"]}
-        (_, (logits, new, value, aligning)), grads = jax.value_and_grad(loss, has_aux=True)(
-            trainable
-        )
+        (_, (logits, new, value, added)), grads = jax.value_and_grad(loss, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         trainable = optax.apply_updates(trainable, updates)
         new_state = {
@@ -122,8 +101,7 @@ def make_train_step(model, tx, loss_name: str, alignment=None):
             measurements["train/accuracy"] = metrics.correct(logits, batch["label"]).mean()
         else:  # regression targets
             measurements["train/nse"] = metrics.normalized_squared_error(logits, batch["label"])
-        if alignment is not None:
-            measurements["train/alignment_loss"] = aligning
+        measurements.update(added)
         return new_state, measurements
 
     return train_step
@@ -265,10 +243,14 @@ def feedback_at_weights(state: State) -> State:
     that starts a rule whose B learns toward W where it would end. Weight transport, once."""
     params = traverse_util.flatten_dict(state["params"])
     feedback = traverse_util.flatten_dict(state["feedback"])
-    missing = sorted("/".join(k) for k in feedback if k not in params)
+
+    def weight(path):  # B at .../feedback_kernel is W at .../kernel
+        return (*path[:-1], "kernel") if path[-1] == layers.FEEDBACK_KERNEL else path
+
+    missing = sorted("/".join(k) for k in feedback if weight(k) not in params)
     if missing:
         raise ValueError(f"feedback without a weight of the same path: {', '.join(missing)}")
-    copied = {k: params[k] for k in feedback}
-    if any(params[k].shape != b.shape for k, b in feedback.items()):
+    copied = {k: params[weight(k)] for k in feedback}
+    if any(params[weight(k)].shape != b.shape for k, b in feedback.items()):
         raise ValueError("a B whose shape is not its W's (dfa's direct feedback has no W)")
     return {**state, "feedback": traverse_util.unflatten_dict(copied)}

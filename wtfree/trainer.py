@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from wtfree import data, dispatch, models, optim, rules, sharding, steps
+from wtfree import data, dispatch, kinds, models, optim, rules, sharding, steps
 from wtfree.steps import State
 
 
@@ -63,6 +63,14 @@ def uses_feedback(config: ml_collections.ConfigDict, kind: str) -> bool:
     """Whether a layer of the configured model learns its B in the way ``kind`` says
     (``rules.MIRROR``: by mirror batches; ``rules.LOSS``: by an alignment loss)."""
     return kind in rules.feedback_kinds(config.rule, config.get("output_rule"))
+
+
+def used_kinds(config: ml_collections.ConfigDict) -> list[kinds.Kind]:
+    """The kinds (``wtfree.kinds``) of the configured rule and output rule, in name order."""
+    return [
+        kinds.get(name)
+        for name in sorted(rules.feedback_kinds(config.rule, config.get("output_rule")))
+    ]
 
 
 def _normalizing(ds: data.Dataset, step):
@@ -153,15 +161,30 @@ class Trainer:
             self.abstract_state,
         )
         top_k = (1, 5) if self.ds.num_classes >= 100 else (1,)
+        # What the rules' kinds add: to the train step (the alignment losses), and steps on
+        # the whole state besides it (the weight mirror's mirror batches).
+        used = used_kinds(config)
+        extras = [e for e in (kind.step_extra(config) for kind in used) if e is not None]
+        self.watched = ("train/loss", *(e.name for e in extras))
+        state_steps = [
+            s
+            for s in (
+                kind.make_state_step(self.model, self.mesh, config, self.ds.image_shape)
+                for kind in used
+            )
+            if s is not None
+        ]
+        if len(state_steps) > 1:
+            names = ", ".join(kind.name for kind in used)
+            raise ValueError(
+                f"rule and output_rule of kinds {names}: at most one may step the state"
+            )
+        # The weight mirror's is the one state step today: the names below are its.
+        self.state_step = state_steps[0] if state_steps else None
+        self.uses_mirror = self.state_step is not None
         # uint8 train batches where the dataset can give them, normalized inside the steps.
         train_step = _normalizing(
-            self.ds,
-            steps.make_train_step(
-                self.model,
-                self.tx,
-                config.loss,
-                alignment=config.alignment if uses_feedback(config, rules.LOSS) else None,
-            ),
+            self.ds, steps.make_train_step(self.model, self.tx, config.loss, extras=extras)
         )
         step_shardings = dict(
             in_shardings=(replicated, batch),
@@ -173,25 +196,15 @@ class Trainer:
             _normalizing(self.ds, steps.make_measure_step(self.model, config.loss))
         )
         self.eval_step = jax.jit(steps.make_eval_step(self.model, config.loss, top_k))
-        self.uses_mirror = uses_feedback(config, rules.MIRROR)
-        if self.uses_mirror:
-            m = config.mirror
-            mirror_step = steps.make_mirror_step(
-                self.model,
-                self.mesh,
-                (m.batch_size, *self.ds.image_shape),
-                learning_rate=m.learning_rate,
-                decay=m.decay,
-                noise_std=m.noise_std,
-                noise=m.get("noise", "normal"),
-            )
-            self.mirror_step = jax.jit(mirror_step, donate_argnums=0)
+        if self.state_step is not None:
+            state_step = self.state_step.step
+            self.mirror_step = jax.jit(state_step, donate_argnums=0)
 
             def train_mirror_step(state: State, batch):
-                """A training step, then a mirror batch, as one dispatch."""
+                """A training step, then the state step (a mirror batch), as one dispatch."""
                 rng = steps._mirror_rng(state, 1, state["step"])
                 state, measurements = train_step(state, batch)
-                return mirror_step(state, rng), measurements
+                return state_step(state, rng), measurements
 
             self.train_mirror_step = jax.jit(train_mirror_step, **step_shardings)
         # Unrolled, every chunk length is a program of its own: powers of two. Otherwise one
@@ -199,9 +212,10 @@ class Trainer:
         self.unrolled = dispatch.conv_loop_is_slow(self.abstract_state)
         multi_step = dispatch.make_multi_step(
             train_step,
-            mirror_step if self.uses_mirror else None,
-            config.mirror.every if self.uses_mirror else 1,
+            self.state_step.step if self.state_step else None,
+            self.state_step.every if self.state_step else 1,
             unroll=self.unrolled,
+            watched=self.watched,
         )
         self.train_steps = jax.jit(
             multi_step,
@@ -246,8 +260,9 @@ class Trainer:
         return self._steps_per_dispatch
 
     def mirror_pretrain(self, state: State) -> State:
-        """The seed's mirror pass before training: ``mirror.pretrain_batches`` batches."""
-        for i in range(self.config.mirror.pretrain_batches):
+        """The state step's runs before training (``kinds.StateStep.pretrain``: the seed's mirror
+        pass of ``mirror.pretrain_batches`` batches); ``state`` itself without a state step."""
+        for i in range(self.state_step.pretrain if self.state_step else 0):
             state = self.mirror_step(state, steps._mirror_rng(state, 2, i))
             if i % 8 == 7:
                 jax.block_until_ready(state["feedback"])

@@ -12,7 +12,7 @@ from typing import Any
 import ml_collections
 from etils import epath
 
-from wtfree import errors, logs, paths, rules
+from wtfree import errors, kinds, logs, paths, rules
 
 # Keys that may differ between the runs of one workdir: how long to train, how often to log,
 # evaluate and checkpoint, how many steps one call runs, how much of the test set to use, where
@@ -49,9 +49,6 @@ ADDED_KEYS = {"mirror.noise": "normal", "alignment.momentum": -1.0, "alignment.*
 # default) resumes with it when the config holds the new one: the run goes on as it began. Issue
 # 20 made Rademacher the mirror noise (10-25x cheaper to draw, the same training where measured).
 CHANGED_DEFAULTS = {"mirror.noise": ("normal", "rademacher")}
-# Subtrees only the rules that learn B in one way read: for any other rule a change there is no
-# other experiment (an older bp workdir still resumes after the mirror defaults changed).
-READ_BY = {"mirror.": rules.MIRROR, "alignment.": rules.LOSS}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
@@ -85,13 +82,21 @@ def _added_as(key: str, value: Any) -> bool:
     return False
 
 
+def read_by() -> dict[str, str]:
+    """``{"<section>.": kind}``: the config subtrees only the rules that learn B in one way read
+    (``kinds.Kind.section``: ``mirror.`` for wm, ``alignment.`` for the alignment rules). For
+    any other rule a change there is no other experiment (an older bp workdir still resumes
+    after the mirror defaults changed)."""
+    return {f"{kind.section}.": kind.name for kind in kinds.registered() if kind.section}
+
+
 def _unread(config: dict) -> tuple[str, ...]:
-    """The ``READ_BY`` subtrees that no rule of ``config`` (its rule and output_rule) reads."""
+    """The ``read_by()`` subtrees that no rule of ``config`` (its rule and output_rule) reads."""
     rule, output_rule = config.get("rule"), config.get("output_rule")
     if not {rule, output_rule or rule} <= rules.RULES.keys():
         return ()
-    kinds = rules.feedback_kinds(rule, output_rule)
-    return tuple(prefix for prefix, kind in READ_BY.items() if kind not in kinds)
+    used = rules.feedback_kinds(rule, output_rule)
+    return tuple(prefix for prefix, kind in read_by().items() if kind not in used)
 
 
 def keep_recorded_defaults(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
@@ -133,7 +138,7 @@ def keep_recorded_defaults(config: ml_collections.ConfigDict, workdir: epath.Pat
 
 def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
     """The changes to ``workdir``'s config.json, all of them in ``MAY_CHANGE`` or in a subtree
-    that the run's rules never read (``READ_BY``).
+    that the run's rules never read (``read_by``).
 
     Raises:
       errors.RunError: a key outside ``MAY_CHANGE`` changed (one line listing them).

@@ -1,6 +1,22 @@
 """How B learns: one object per kind (none, fixed, gradient, mirror, loss), each with the hooks
-the layer, the optimizer, the train step and NNX need. Adding a kind is one file here and one
-line in ``KINDS``; a rule names its kind (``rules.Rule.feedback``)."""
+the layer, the optimizer, the train steps (the library's and train.py's), the workdir check and
+NNX need. Adding a kind is one file here and one line in ``_registry``; a rule names its kind
+(``rules.Rule.feedback``).
+
+Where each hook is called:
+
+- ``wtfree.layers.apply_rule``: ``stores_feedback`` and ``label`` (which B the layer keeps and
+  what it sows for the optimizer).
+- ``wtfree.learn.make_train_step`` (the library's step): ``before_step``, ``mutable``, ``loss``,
+  with the settings object the user passed for the kind.
+- ``wtfree.trainer.Trainer`` (train.py's step, from a config): ``step_extra`` (what the kind adds
+  to ``steps.make_train_step``: collections, random streams, a loss) and ``make_state_step``
+  (a step on the whole train state after the train step, and before training: the weight
+  mirror's); ``wtfree.workdir``: ``section``.
+- ``wtfree.nnx``: ``nnx_variable``.
+
+A hook a kind does not need keeps its default, which does nothing.
+"""
 
 import dataclasses
 from collections.abc import Callable
@@ -28,6 +44,60 @@ def _no_loss(model, sown, settings):
     return jnp.zeros((), jnp.float32)
 
 
+def _no_rngs(state):
+    del state
+    return {}
+
+
+def _zero(sown):
+    del sown
+    return jnp.zeros((), jnp.float32)
+
+
+def _no_extra(config):
+    del config
+
+
+def _no_state_step(model, mesh, config, image_shape):
+    del model, mesh, config, image_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class StepExtra:
+    """What a kind adds to train.py's train step (``steps.make_train_step``).
+
+    Attributes:
+      name: the measurement the step logs ``loss``'s value under (e.g. ``train/alignment_loss``);
+        the NaN watch adds it to the task loss (``dispatch.make_multi_step``).
+      mutable: the collections the step's apply makes mutable, for ``loss`` to read.
+      rngs: ``(state) -> {stream: key}``, streams the step's apply draws from (keyed by the
+        state's rng and step, so a resumed run draws what an uninterrupted one would).
+      loss: ``(sown) -> scalar``, added to the task loss; ``sown`` holds the ``mutable``
+        collections after the apply.
+    """
+
+    name: str
+    mutable: tuple[str, ...] = ()
+    rngs: Callable[[Any], dict] = _no_rngs
+    loss: Callable[[Any], Any] = _zero
+
+
+@dataclasses.dataclass(frozen=True)
+class StateStep:
+    """A step on the whole train state that a kind runs besides the train step (the weight
+    mirror's mirror batch), in train.py's loop.
+
+    Attributes:
+      step: ``(state, rng) -> state``, jittable; the loop donates ``state``.
+      every: it follows the train step that makes ``state["step"]`` a multiple of ``every``.
+      pretrain: how many times it runs on a fresh state before the first train step.
+    """
+
+    step: Callable[[Any, Any], Any]
+    every: int = 1
+    pretrain: int = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A way for B to learn.
@@ -42,6 +112,11 @@ class Kind:
       before_step: ``(model, variables, inputs, rng, settings, step) -> variables``, run before
         each train step (the weight mirror's step).
       loss: ``(model, sown, settings) -> scalar``, added to the task loss (alignment losses).
+      section: the config subtree (``config.<section>``) that only this kind reads: for a run
+        whose rules are of other kinds, a change there is no other experiment (``workdir``).
+      step_extra: ``(config) -> StepExtra | None``, what the kind adds to train.py's train step.
+      make_state_step: ``(model, mesh, config, image_shape) -> StateStep | None``, a step on the
+        train state besides the train step (``image_shape``: one example's, no batch axis).
     """
 
     name: str
@@ -51,12 +126,20 @@ class Kind:
     mutable: tuple[str, ...] = ()
     before_step: Callable[..., Any] = _keep
     loss: Callable[..., Any] = _no_loss
+    section: str | None = None
+    step_extra: Callable[..., StepExtra | None] = _no_extra
+    make_state_step: Callable[..., StateStep | None] = _no_state_step
 
 
 def _registry() -> dict[str, Kind]:
     from wtfree.kinds import fixed, gradient, loss, mirror, none
 
     return {k.name: k for k in (none.KIND, fixed.KIND, gradient.KIND, mirror.KIND, loss.KIND)}
+
+
+def registered() -> list[Kind]:
+    """Every kind, in the registry's order."""
+    return list(_registry().values())
 
 
 def get(name: str) -> Kind:
@@ -67,4 +150,14 @@ def get(name: str) -> Kind:
     return kinds[name]
 
 
-__all__ = ["ALIGN", "FROZEN", "TRAIN", "Feedback", "Kind", "get"]
+__all__ = [
+    "ALIGN",
+    "FROZEN",
+    "TRAIN",
+    "Feedback",
+    "Kind",
+    "StateStep",
+    "StepExtra",
+    "get",
+    "registered",
+]

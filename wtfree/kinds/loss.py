@@ -7,7 +7,7 @@ from typing import Any
 import jax
 
 from wtfree import layers, rules
-from wtfree.kinds import ALIGN, Kind
+from wtfree.kinds import ALIGN, Kind, StepExtra
 
 Array = jax.Array
 
@@ -45,6 +45,61 @@ def alignment_loss(model: Any, sown: Any, alignment: Alignment = Alignment()) ->
     return rules.alignment.total_loss(values, alignment.coefficients, scale, alignment.positions)
 
 
+# The measurement train.py's step logs the alignment loss under (the NaN watch adds it).
+MEASUREMENT = "train/alignment_loss"
+# The random stream (``jax.random.fold_in`` of the state's rng) the losses' noise comes from.
+_RNG_STREAM = 3
+
+
+def step_extra(alignment: Any) -> StepExtra:
+    r"""The alignment losses in train.py's train step, from ``config.alignment``.
+
+    The layers sow their alignment primitives and the step minimizes
+    :math:`L_\text{task} + \sum_\text{layers} R_\text{rule}(B)`. Each layer's R sees W and its
+    input with the gradient stopped and the task loss gives B nothing, so in the one gradient W
+    gets the task's alone and B its alignment loss's alone. ``alignment.input`` is
+    ``activations`` (the layer's own input) or ``normal`` / ``uniform`` noise of std
+    ``alignment.input_std`` (measured at unit variance, and the primitives are quadratic in the
+    input: scaled by its square); ``alignment.coefficients`` maps each rule to its alpha, beta,
+    gamma (``wtfree.rules.alignment``); ``alignment.positions`` (``sum`` or ``mean``) whether a
+    conv's primitives that read x sum or average over its output positions.
+
+    Raises:
+      ValueError: ``alignment.input`` is none of ``layers.ALIGNMENT_INPUTS`` (one line).
+    """
+    source = alignment.input
+    if source not in layers.ALIGNMENT_INPUTS:
+        allowed = ", ".join(layers.ALIGNMENT_INPUTS)
+        raise ValueError(f"alignment.input={source!r}; allowed: {allowed}")
+    stream = layers.ALIGNMENT_NOISE_RNGS.get(source)
+
+    def rngs(state) -> dict:
+        if stream is None:
+            return {}
+        rng = jax.random.fold_in(jax.random.fold_in(state["rng"], _RNG_STREAM), state["step"])
+        return {stream: rng}
+
+    scale = 1.0 if source == "activations" else alignment.input_std**2
+    coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
+    positions = alignment.get("positions", "sum")
+
+    def loss(sown) -> Array:
+        values = sown.get(layers.ALIGNMENT_LOSS, {})
+        return rules.alignment.total_loss(values, coefficients, scale, positions)
+
+    return StepExtra(MEASUREMENT, (layers.ALIGNMENT_LOSS,), rngs, loss)
+
+
+def _step_extra(config) -> StepExtra:
+    return step_extra(config.alignment)
+
+
 KIND = Kind(
-    "loss", stores_feedback=True, label=ALIGN, mutable=(layers.ALIGNMENT_LOSS,), loss=alignment_loss
+    "loss",
+    stores_feedback=True,
+    label=ALIGN,
+    mutable=(layers.ALIGNMENT_LOSS,),
+    loss=alignment_loss,
+    section="alignment",
+    step_extra=_step_extra,
 )

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from wtfree import layers, rules
-from wtfree.kinds import FROZEN, Kind
+from wtfree.kinds import FROZEN, Kind, StateStep
 
 Array = jax.Array
 MIRROR_RNG = layers.MIRROR_RNG
@@ -85,5 +85,31 @@ def _before_step(model, variables, inputs, rng, settings, step):
     return {**variables, "feedback": feedback}
 
 
+def _make_state_step(model, mesh, config, image_shape) -> StateStep:
+    """train.py's mirror step (``steps.make_mirror_step``, sharded over ``mesh``) from
+    ``config.mirror``: a mirror batch after every ``mirror.every``-th train step and
+    ``mirror.pretrain_batches`` of them before training."""
+    from wtfree import steps  # steps builds on the layers this module's users import first
+
+    m = config.mirror
+    step = steps.make_mirror_step(
+        model,
+        mesh,
+        (m.batch_size, *image_shape),
+        learning_rate=m.learning_rate,
+        decay=m.decay,
+        noise_std=m.noise_std,
+        noise=m.get("noise", "normal"),
+    )
+    return StateStep(step, every=m.every, pretrain=m.pretrain_batches)
+
+
 # The optimizer leaves B alone: the mirror step moves it.
-KIND = Kind("mirror", stores_feedback=True, label=FROZEN, before_step=_before_step)
+KIND = Kind(
+    "mirror",
+    stores_feedback=True,
+    label=FROZEN,
+    before_step=_before_step,
+    section="mirror",
+    make_state_step=_make_state_step,
+)
