@@ -184,6 +184,7 @@ class Trainer:
                 decay=m.decay,
                 noise_std=m.noise_std,
                 noise=m.get("noise", "normal"),
+                per_layer_batch=m.get("per_layer_batch", False),
             )
             self.mirror_step = jax.jit(mirror_step, donate_argnums=0)
 
