@@ -69,6 +69,10 @@ MIRROR_BATCH = 640
 # rate, 2 seeds of each noise split alike (normal: one clean, one blow-up that never learns;
 # Rademacher: both learn, with a 2.1x and a 2.6x spike; docs/conv_speed.md).
 MIRROR_NOISE = "normal"
+# Each layer draws only the noise vectors its B needs to sit as far from W as dense_0's does with
+# 640 (README's closed form; conv_1 averages over its 64 output positions and needs 6, dense_1
+# 302, the output layer 212): the mirror batch's work drops to a fraction (docs/weight_mirrors.md).
+MIRROR_PER_LAYER_BATCH = True
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -93,6 +97,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pretrain_batches=20,
         decay=MIRROR_DECAY,
         noise=MIRROR_NOISE,
+        per_layer_batch=MIRROR_PER_LAYER_BATCH,
     )
     if arg.runlocal:
         common.set_runlocal(config, batch_size=32, steps=20)
