@@ -11,7 +11,7 @@ import pytest
 
 from tests import fake_data
 from tests.test_train import tiny_config
-from wtfree import config_lib, layers, rules, workdir
+from wtfree import config_lib, layers, loop, rules, workdir
 from wtfree import trainer as trainer_lib
 from wtfree.kinds import mirror as mirror_kind
 
@@ -90,7 +90,7 @@ def test_per_layer_sizes_follow_the_closed_form():
         )
         return out[layers.MIRROR]
 
-    h = mirror_kind.hebbian_products(apply, 32, DECAY, per_layer_batch=True)
+    h = mirror_kind.hebbian_products(apply, 32, per_layer_batch=True)
     for name in ("wide", "narrow"):
         ranks[name] = np.linalg.matrix_rank(np.asarray(h[name]["kernel"], np.float64), tol=1e-4)
     error = rules.mirror_error(DECAY, 24, 32)
@@ -108,7 +108,7 @@ def test_per_layer_sizes_follow_the_closed_form():
                 )
                 return out[layers.MIRROR]
 
-            return mirror_kind.hebbian_products(apply, 32, DECAY, per_layer)["narrow"]["kernel"]
+            return mirror_kind.hebbian_products(apply, 32, per_layer)["narrow"]["kernel"]
 
         hs[per_layer] = jax.vmap(many)(jax.random.split(jax.random.key(4), 2000))
     w = variables["params"]["narrow"]["kernel"]
@@ -207,3 +207,27 @@ def test_per_layer_batch_is_checked_and_older_workdirs_resume_without_it(tmp_pat
     assert config.mirror.per_layer_batch is False
     assert workdir.check_config(config, tmp_path) == {}
     assert math.isclose(rules.mirror_error(DECAY, 24, 32), DECAY / (2 - DECAY) * 25 / 32)
+
+
+def test_an_older_wm_run_resumes_with_one_batch_for_every_layer(tmp_path):
+    """A wm run recorded before mirror.per_layer_batch existed, resumed by a config that sizes
+    per layer (as LeNet's now do), ends where an uninterrupted run with one batch for every
+    layer ends: train.py's path sets the key back before the workdir check."""
+    # Per layer, the output layer (d = 16) would get 2 of the 8 rows; B's fixed point at W.
+    widths = {"model_kwargs.widths": (64, 16), "mirror.learning_rate": 0.1 / 8}
+    old, whole = tmp_path / "old", tmp_path / "whole"
+    loop.train_and_evaluate(tiny_config("wm", **widths, num_train_steps=3), old)
+    recorded = json.loads((old / workdir.CONFIG).read_text())
+    del recorded["mirror"]["per_layer_batch"]
+    (old / workdir.CONFIG).write_text(json.dumps(recorded))
+    resumed = loop.train_and_evaluate(
+        tiny_config("wm", **widths, **{"mirror.per_layer_batch": True}), old
+    )
+    uninterrupted = loop.train_and_evaluate(tiny_config("wm", **widths), whole)
+    assert json.loads((old / workdir.CONFIG).read_text())["mirror"]["per_layer_batch"] is False
+    assert resumed == pytest.approx(uninterrupted, rel=1e-6)
+    # Sized per layer from the start, the same run ends elsewhere: the check can fail.
+    other = loop.train_and_evaluate(
+        tiny_config("wm", **widths, **{"mirror.per_layer_batch": True}), tmp_path / "new"
+    )
+    assert other != pytest.approx(uninterrupted, rel=1e-6)

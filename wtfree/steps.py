@@ -218,7 +218,7 @@ def make_mirror_step(
     drops them. ``per_layer_batch``: each layer draws its own share of that batch, sized by B's
     closed-form noise (``kinds.mirror.hebbian_products``).
     """
-    hebbian = _make_hebbian(model, input_shape, noise, decay, per_layer_batch)
+    hebbian = _make_hebbian(model, input_shape, noise, per_layer_batch)
 
     def per_device(variables, rng):
         # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
@@ -239,9 +239,7 @@ def make_mirror_step(
     return mirror_step
 
 
-def _make_hebbian(
-    model, input_shape, noise: str, decay: float = 0.1, per_layer_batch: bool = False
-):
+def _make_hebbian(model, input_shape, noise: str, per_layer_batch: bool = False):
     """``hebbian(variables, rng) -> H``: every ``wm`` layer's Hebbian product on one noise batch
     of ``input_shape`` (or each layer's share of it), drawn from ``noise``; the mesh-free core
     of ``make_mirror_step``."""
@@ -255,7 +253,7 @@ def _make_hebbian(
             _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
             return sown.get(layers.MIRROR, {})
 
-        return mirror_kind.hebbian_products(apply, input_shape[0], decay, per_layer_batch)
+        return mirror_kind.hebbian_products(apply, input_shape[0], per_layer_batch)
 
     return hebbian
 

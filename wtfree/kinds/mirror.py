@@ -39,9 +39,7 @@ class Mirror:
     per_layer_batch: bool = False
 
 
-def hebbian_products(
-    apply: Callable[[], Any], batch_size: int, decay: float, per_layer_batch: bool
-) -> Any:
+def hebbian_products(apply: Callable[[], Any], batch_size: int, per_layer_batch: bool) -> Any:
     r"""``apply()``, a mirror apply returning the sown Hebbian products, with each layer's batch.
 
     Per layer (``per_layer_batch``), layer l of fan-in :math:`d_l` and :math:`P_l` output
@@ -50,11 +48,15 @@ def hebbian_products(
     .. math::
       n_l = \left\lceil \frac{\lambda}{2 - \lambda}
             \frac{d_l + \kappa - 2}{P_l\, \varepsilon} \right\rceil, \qquad
-      \varepsilon = \max_l \frac{\lambda}{2 - \lambda} \frac{d_l + \kappa - 2}{n P_l}
+      \varepsilon = \max_l \frac{\lambda}{2 - \lambda} \frac{d_l + \kappa - 2}{n P_l},
+      \quad\text{so}\quad
+      n_l = \left\lceil n \frac{(d_l + \kappa - 2) / P_l}{\max_k (d_k + \kappa - 2) / P_k}
+            \right\rceil
 
     noise vectors (``rules.mirror_batch_size``; :math:`\varepsilon` is ``rules.mirror_error``
     of the noisiest layer at the whole batch n, which keeps n): every B sits as far from W by
-    noise as the noisiest one would with n vectors, at a fraction of the work. Each layer's
+    noise as the noisiest one would with n vectors, at a fraction of the work. The decay
+    cancels, so the sizes hold for any decay (0 included: there B sums the products). Each layer's
     Hebbian product is scaled to n vectors (``layers.mirror_batch_sizes``), so the learning
     rate :math:`\lambda / (n\sigma^2)` still settles every B at W. The layers' fan-ins and
     positions come from an abstract first apply (``jax.eval_shape``; no work runs).
@@ -62,7 +64,6 @@ def hebbian_products(
     Args:
       apply: ``() -> sown``, the model applied in mirror mode on a batch of ``batch_size``.
       batch_size: n.
-      decay: :math:`\lambda`.
       per_layer_batch: size each layer's batch; False: ``apply()`` as it is.
 
     Returns:
@@ -78,15 +79,17 @@ def hebbian_products(
 
     with layers.mirror_batch_sizes(record):
         jax.eval_shape(apply)
+    # At decay 1, lambda / (2 - lambda) = 1: the ratio of the layers' errors, which any decay
+    # scales alike.
     error = max(
-        (rules.mirror_error(decay, d, batch_size, positions=p, noise=z) for d, p, z in layers_seen),
+        (rules.mirror_error(1.0, d, batch_size, positions=p, noise=z) for d, p, z in layers_seen),
         default=0.0,
     )
     if error <= 0:  # no mirrored layer, or none with noise in its B (d = 1, Rademacher)
         return apply()
 
     def size(fan_in, positions, noise):
-        return rules.mirror_batch_size(decay, fan_in, error, positions=positions, noise=noise)
+        return rules.mirror_batch_size(1.0, fan_in, error, positions=positions, noise=noise)
 
     with layers.mirror_batch_sizes(size):
         return apply()
@@ -122,7 +125,7 @@ def mirror_step(
         _, sown = model.apply(variables, *inputs, rngs={MIRROR_RNG: rng}, mutable=[layers.MIRROR])
         return sown.get(layers.MIRROR, {})
 
-    sown = hebbian_products(apply, n, mirror.decay, mirror.per_layer_batch)
+    sown = hebbian_products(apply, n, mirror.per_layer_batch)
     hebbian = traverse_util.flatten_dict(dict(sown))
     rate = mirror.learning_rate
     if rate is None:
