@@ -12,18 +12,16 @@ whose Hebbian product averages over its 8 x 8 output positions, far fewer (P = 6
 VALID conv the closed form with n P vectors matches a simulated mirror, tests/test_mirror_batch.py;
 the table prints the closed form's angle per layer). The input layer (conv_0) gets no mirror batch.
 
-Timed, interleaved, median of ``--repeats`` runs of ``--calls`` calls (benchmarks/_timing.py):
+Timed, interleaved, median of ``--repeats`` runs of ``--calls`` calls (benchmarks/_timing.py),
+LeNet's train step at batch 128 (the config's) on random images held on the device:
 
-- ``bp step``: LeNet's bp train step, batch 128 (the config's), mock MNIST held on the device;
-- ``wm step (640 every layer)``: the wm train step with its mirror batch, one dispatch
-  (``Trainer.train_mirror_step``), as the train loop runs it;
-- ``mirror 640``, ``mirror per layer``: the mirror's own work alone, one jitted call: every
-  mirrored layer's ``rules.mirror_update`` (draw the noise, Hebbian product, update) with 640
-  noise vectors or with its own batch.
+- ``bp step``: the bp train step;
+- ``wm step, 640 every layer``: the wm train step with its mirror batch, one dispatch
+  (``Trainer.train_mirror_step``, as the train loop runs it), ``mirror.per_layer_batch=False``;
+- ``wm step, per-layer n``: the same with ``mirror.per_layer_batch=True`` (the config's).
 
-``wm per layer (est.)`` = wm step - mirror 640 + mirror per layer: the wm step once the mirror
-step takes per-layer batches (not wired into the train step yet; an estimate). The load
-average is printed.
+Each is also given in CPU time per step (user + system of this process over its repeats): on a
+shared machine the wall time moves with the load, printed before and after.
 """
 
 import argparse
@@ -32,10 +30,6 @@ import math
 import time
 
 import _timing
-import jax
-import jax.numpy as jnp
-import numpy as np
-from jax import lax
 
 from wtfree import data, rules, sharding
 from wtfree import trainer as trainer_lib
@@ -50,46 +44,10 @@ LAYERS = [
 ]
 
 
-def linear_op(kernel_shape):
-    if len(kernel_shape) == 2:
-        return jnp.dot
-    return functools.partial(
-        lambda x, w: lax.conv_general_dilated(
-            x, w, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-    )
-
-
-def make_mirror(batches: dict[str, int], decay: float, noise: str):
-    """One jitted call: every layer's mirror update with its own batch size."""
-
-    def mirror(bs, rng):
-        out = []
-        for (name, in_shape, _, _), b, key in zip(
-            LAYERS, bs, jax.random.split(rng, len(LAYERS)), strict=True
-        ):
-            w = b  # B = W at the fixed point: the work is the same
-            n = batches[name]
-            out.append(
-                rules.mirror_update(
-                    linear_op(w.shape),
-                    w,
-                    b,
-                    key,
-                    (n, *in_shape),
-                    learning_rate=decay / n,
-                    decay=decay,
-                    noise=noise,
-                )
-            )
-        return out
-
-    return jax.jit(mirror)
-
-
-def make_trainer(rule: str, noise: str):
+def make_trainer(rule: str, noise: str, per_layer_batch: bool = False):
     config = _timing.load_config("mnist_lenet", f"rule={rule}")
     config.mirror.noise = noise
+    config.mirror.per_layer_batch = per_layer_batch
     config.num_devices = 1
     # Random in-memory images under the config's dataset name: no data on disk needed.
     synthetic = functools.partial(data.synthetic, config.dataset, 256)
@@ -126,63 +84,44 @@ def main():
     header = ["layer", "d", "P", f"angle at {uniform}", "per-layer n", "angle at n"]
     print(_timing.table(header, rows))
 
-    rng = np.random.default_rng(0)
-    kernels = [jnp.asarray(rng.standard_normal(k, dtype=np.float32) * 0.1) for _, _, k, _ in LAYERS]
-    runs = {}
-
-    def add(name, fn, fn_args):
-        jax.block_until_ready(fn(*fn_args))
-
-        def run():
-            start = time.perf_counter()
-            for _ in range(args.calls):
-                out = fn(*fn_args)
-            jax.block_until_ready(out)
-            return (time.perf_counter() - start) / args.calls
-
-        runs[name] = run
-
-    key = jax.random.PRNGKey(0)
-    add(
-        f"mirror {uniform}",
-        make_mirror(dict.fromkeys(per_layer, uniform), decay, args.noise),
-        (kernels, key),
-    )
-    add("mirror per layer", make_mirror(per_layer, decay, args.noise), (kernels, key))
-    for rule in ("bp", "wm"):
-        trainer, batch = make_trainer(rule, args.noise)
+    runs, cpu = {}, {}
+    variants = [
+        ("bp step", "bp", False),
+        (f"wm step, {uniform} every layer", "wm", False),
+        ("wm step, per-layer n", "wm", True),
+    ]
+    for name, rule, per_layer in variants:
+        trainer, batch = make_trainer(rule, args.noise, per_layer)
         state = trainer.fresh_state()
         step = trainer.train_mirror_step if rule == "wm" else trainer.train_step
         stepper = _timing.Stepper(lambda s, step=step, batch=batch: step(s, batch), state)
         stepper(2)
-        name = "bp step" if rule == "bp" else f"wm step ({uniform} every layer)"
-        runs[name] = lambda stepper=stepper: stepper(args.calls) / args.calls
+        cpu[name] = []
+
+        def run(stepper=stepper, name=name):
+            start = time.process_time()
+            seconds = stepper(args.calls) / args.calls
+            cpu[name].append((time.process_time() - start) / args.calls)
+            return seconds
+
+        runs[name] = run
 
     times = _timing.interleaved(runs, args.repeats)
     ratios = _timing.paired_ratios(times, "bp step")
-    wm = f"wm step ({uniform} every layer)"
-    estimate = [
-        (w - m + p) / b
-        for w, m, p, b in zip(
-            times[wm],
-            times[f"mirror {uniform}"],
-            times["mirror per layer"],
-            times["bp step"],
-            strict=True,
-        )
-    ]
     rows = [
         [
             name,
-            f"{_timing.median(ts) * 1e3:.2f}",
+            f"{_timing.median(ts) * 1e3:.1f}",
             f"{_timing.spread(ts):.0%}",
             f"{_timing.median(ratios[name]):.2f}",
+            f"{_timing.median(cpu[name]) * 1e3:.1f}",
+            f"{_timing.median(cpu[name]) / _timing.median(cpu['bp step']):.2f}",
         ]
         for name, ts in times.items()
     ]
-    rows.append(["wm per layer (est.)", "", "", f"{_timing.median(estimate):.2f}"])
     print(f"\nLeNet, batch 128: median of {args.repeats} interleaved runs x {args.calls} calls")
-    print(_timing.table(["run", "ms", "spread", "x bp step"], rows))
+    header = ["run", "ms", "spread", "x bp step", "CPU ms", "CPU x bp"]
+    print(_timing.table(header, rows))
     print(f"after: {_timing.load_average()}")
 
 

@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         pretrain_batches=20,
         decay=mnist_lenet.MIRROR_DECAY,
         noise=mnist_lenet.MIRROR_NOISE,
+        per_layer_batch=mnist_lenet.MIRROR_PER_LAYER_BATCH,
     )
     config.log_every_steps = 200
     config.checkpoint_every_steps = 2000

@@ -75,6 +75,7 @@ def set_mirror(
     every: int = 1,
     learning_rate: float | None = None,
     noise: str = "rademacher",
+    per_layer_batch: bool = False,
 ) -> None:
     """Weight-mirror settings (rule=wm): a mirror batch of ``batch_size`` noise vectors per
     device every ``every`` steps, and ``pretrain_batches`` before training.
@@ -95,6 +96,18 @@ def set_mirror(
     noise, and trained as normal noise does wherever both were measured (the seed MLP, LeNet,
     ResNet-8 over 3 seeds: README, "Weight mirrors: the noise"). Workdirs recorded with normal
     noise, the default until issue 20, resume with it (``wtfree.workdir.CHANGED_DEFAULTS``).
+
+    ``per_layer_batch``: each mirrored layer draws its own number of noise vectors, at most
+    ``batch_size``: the fewest that leave its B as noisy as the noisiest layer's B is with
+    ``batch_size`` (README's closed form, ``wtfree.rules.mirror_error``: B's relative squared
+    error is ``decay / (2 - decay) * (d + 1) / (n * P)`` for a layer of fan-in d and P output
+    positions, so a conv layer averaging over many positions needs few vectors;
+    ``wtfree.kinds.mirror.hebbian_products``). The learning rate stays
+    ``decay / (batch_size * noise_std**2)``: each layer's Hebbian product is scaled to
+    ``batch_size`` vectors, so every B still settles at W. False (the default, and what
+    workdirs recorded before the key existed resume with): every layer gets ``batch_size``.
+    On LeNet (configs/mnist_lenet.py) a wm step then costs 0.8-1.3x a bp step instead of 3.0-3.3x
+    (docs/conv_speed.md), with every B 20 degrees from W (docs/weight_mirrors.md).
     """
     m = config.mirror
     m.batch_size = batch_size
@@ -103,6 +116,7 @@ def set_mirror(
     m.decay = decay
     m.noise_std = noise_std
     m.noise = noise
+    m.per_layer_batch = per_layer_batch
     m.learning_rate = (
         decay / (batch_size * noise_std**2) if learning_rate is None else learning_rate
     )

@@ -55,7 +55,12 @@ def load_config(spec: str, lr: float, sets: list[str]):
         for p in parents:
             node = node[p]
         old = node[leaf]
-        node[leaf] = type(old)(value) if old is not None and not isinstance(old, tuple) else value
+        if isinstance(old, bool):  # bool("False") is True
+            node[leaf] = value.lower() in ("1", "true")
+        else:
+            node[leaf] = (
+                type(old)(value) if old is not None and not isinstance(old, tuple) else value
+            )
     if "mirror.learning_rate" not in " ".join(sets):
         m = config.mirror
         m.learning_rate = m.decay / (m.batch_size * m.noise_std**2)
@@ -215,7 +220,10 @@ def main() -> None:
         "lr": args.lr,
         "mode": args.mode,
         "set": args.set,
-        "mirror": {k: config.mirror[k] for k in ("decay", "batch_size", "learning_rate", "every")},
+        "mirror": {
+            k: config.mirror.get(k)
+            for k in ("decay", "batch_size", "learning_rate", "every", "per_layer_batch")
+        },
         "noise": args.noise,
         "steps": len(losses),
         "finite": finite,

@@ -73,6 +73,7 @@ RANGES = (
     ("mirror.noise_std", lambda v: _number(v) and v > 0, "a number > 0"),
     ("mirror.learning_rate", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("mirror.noise", lambda v: v in rules.MIRROR_NOISES, ", ".join(rules.MIRROR_NOISES)),
+    ("mirror.per_layer_batch", lambda v: isinstance(v, bool), "True or False"),
     (
         "model_kwargs.widths",
         lambda v: len(v) >= 1 and all(_integer(w) and w >= 1 for w in v),

@@ -1,7 +1,9 @@
 """Flax Dense and Conv layers trained by a learning rule: W in "params", B in "feedback"."""
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import flax.linen as nn
@@ -40,6 +42,8 @@ MIRROR_NOISE_RNGS = {
     "rademacher": "mirror_rademacher",
     "uniform": "mirror_uniform",
 }
+# In a mirror apply, how many noise vectors each mirrored layer draws (``mirror_batch_sizes``).
+_MIRROR_BATCH_SIZE = contextvars.ContextVar("wtfree_mirror_batch_size", default=None)
 # Either stream, when present, feeds the alignment losses unit-variance noise of that
 # distribution instead of the layer's own input.
 ALIGNMENT_NOISE_RNGS = {"normal": "alignment_normal", "uniform": "alignment_uniform"}
@@ -171,8 +175,8 @@ def apply_rule(
 
     sowing = sow_at_init or not module.is_initializing()
     if mirror_noise is not None and not input_layer and rule.feedback == rules.MIRROR:
-        noise = rules.draw_noise(module.make_rng(mirror_rng), x.shape, w.dtype, mirror_noise)
-        module.sow(MIRROR, feedback_name, rules.hebbian(f, w, noise), reduce_fn=_keep_last)
+        h = _mirror_hebbian(f, x, w, module.make_rng(mirror_rng), mirror_noise)
+        module.sow(MIRROR, feedback_name, h, reduce_fn=_keep_last)
     aligned = rule.alignment is not None and not input_layer
     if aligned and sowing and module.is_mutable_collection(ALIGNMENT_LOSS):
         stream = alignment_rng or ALIGNMENT_NOISE_RNGS.get(alignment_input)
@@ -198,6 +202,48 @@ def apply_rule(
         has = module.has_rng(FEEDBACK_RNG)
         rng = module.make_rng(FEEDBACK_RNG) if has else jax.random.PRNGKey(0)
     return rule.apply(f, x, w, b, rng)
+
+
+@contextlib.contextmanager
+def mirror_batch_sizes(size: Callable[[int, int, str], int] | None) -> Iterator[None]:
+    r"""Within it, a mirror apply gives each mirrored layer its own number of noise vectors.
+
+    A layer of fan-in d (W's entries per output feature: a dense layer's inputs, a conv's
+    kernel height x width x input channels) and P output positions (1 for dense) draws
+    :math:`n_l = \min(n, \max(1, \mathrm{size}(d, P, \mathrm{noise})))` noise vectors, n the
+    apply's batch (the mirror batch), and sows its Hebbian product on them times
+    :math:`n / n_l`: H as if measured on n vectors, so the mirror's learning rate
+    :math:`\lambda / (n\sigma^2)` still settles B at W (B's fixed point does not move) while B's
+    noise is that of :math:`n_l` vectors (``rules.mirror_error``). ``size`` is called while
+    tracing, with Python ints and the noise's name; ``None`` (as outside it): every layer draws n.
+
+    Args:
+      size: ``size(fan_in, positions, noise) -> n_l``, or None.
+
+    Yields:
+      Nothing; the sizes hold until the block ends.
+    """
+    token = _MIRROR_BATCH_SIZE.set(size)
+    try:
+        yield
+    finally:
+        _MIRROR_BATCH_SIZE.reset(token)
+
+
+def _mirror_hebbian(f, x: Array, w: Array, rng: Array, noise: str) -> Array:
+    """The mirror mode's Hebbian product on the layer's own number of noise vectors (see
+    ``mirror_batch_sizes``), scaled to the apply's batch."""
+    n = x.shape[0]
+    size = _MIRROR_BATCH_SIZE.get()
+    n_layer = n
+    if size is not None:
+        y = jax.eval_shape(f, jax.ShapeDtypeStruct(x.shape, w.dtype), w)
+        fan_in = w.size // y.shape[-1]
+        positions = math.prod(y.shape[1:-1])
+        n_layer = min(n, max(1, int(size(fan_in, positions, noise))))
+    z = rules.draw_noise(rng, (n_layer, *x.shape[1:]), w.dtype, noise)
+    h = rules.hebbian(f, w, z)
+    return h if n_layer == n else h * (n / n_layer)
 
 
 def _alignment_input(module: nn.Module, x: Array, dtype, source: str, stream: str | None):

@@ -12,6 +12,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from wtfree import kinds, layers, metrics, rules, sharding
+from wtfree.kinds import mirror as mirror_kind
 from wtfree.linen import Converted
 
 State = dict[str, Any]
@@ -174,7 +175,15 @@ def make_eval_step(model, loss_name: str, top_k: tuple[int, ...] = (1,)):
 
 
 def make_mirror_step(
-    model, mesh, input_shape, *, learning_rate, decay, noise_std, noise: str = "normal"
+    model,
+    mesh,
+    input_shape,
+    *,
+    learning_rate,
+    decay,
+    noise_std,
+    noise: str = "normal",
+    per_layer_batch: bool = False,
 ):
     r"""``mirror_step(state, rng) -> state``: one weight-mirror batch for every ``wm`` layer.
 
@@ -184,9 +193,10 @@ def make_mirror_step(
     :math:`B \leftarrow B + \eta\sigma^2\,\mathrm{mean}_d H_d - \lambda B`.
     ``input_shape`` is the per-device noise batch (batch first); ``noise`` its distribution
     (``rules.MIRROR_NOISES``, unit variance). The model's forward values are unused, so XLA
-    drops them.
+    drops them. ``per_layer_batch``: each layer draws its own share of that batch, sized by B's
+    closed-form noise (``kinds.mirror.hebbian_products``).
     """
-    hebbian = _make_hebbian(model, input_shape, noise)
+    hebbian = _make_hebbian(model, input_shape, noise, per_layer_batch)
 
     def per_device(variables, rng):
         # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
@@ -207,17 +217,21 @@ def make_mirror_step(
     return mirror_step
 
 
-def _make_hebbian(model, input_shape, noise: str):
+def _make_hebbian(model, input_shape, noise: str, per_layer_batch: bool = False):
     """``hebbian(variables, rng) -> H``: every ``wm`` layer's Hebbian product on one noise batch
-    of ``input_shape``, drawn from ``noise``; the mesh-free core of ``make_mirror_step``."""
+    of ``input_shape`` (or each layer's share of it), drawn from ``noise``; the mesh-free core
+    of ``make_mirror_step``."""
     if noise not in layers.MIRROR_NOISE_RNGS:
         raise ValueError(f"mirror.noise={noise!r}; allowed: {', '.join(layers.MIRROR_NOISE_RNGS)}")
     stream = layers.MIRROR_NOISE_RNGS[noise]
 
     def hebbian(variables, rng):
-        x = jnp.zeros(input_shape, jnp.float32)
-        _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
-        return sown.get(layers.MIRROR, {})
+        def apply():
+            x = jnp.zeros(input_shape, jnp.float32)
+            _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
+            return sown.get(layers.MIRROR, {})
+
+        return mirror_kind.hebbian_products(apply, input_shape[0], per_layer_batch)
 
     return hebbian
 

@@ -41,14 +41,24 @@ MAY_CHANGE = frozenset(
 # ANY: every value does; a key ending in ".*" stands for its whole subtree; the first entry
 # that names a key decides. ``alignment.*`` came with the alignment rules (issue 9): a run
 # recorded before them used another rule, which never reads them; ``alignment.momentum`` came
-# later, and -1 (W's momentum) is what the alignment runs recorded before it used.
+# later, and -1 (W's momentum) is what the alignment runs recorded before it used. Before
+# ``mirror.per_layer_batch`` (issue 20) every layer got the whole mirror batch.
 ANY = object()
-ADDED_KEYS = {"mirror.noise": "normal", "alignment.momentum": -1.0, "alignment.*": ANY}
+ADDED_KEYS = {
+    "mirror.noise": "normal",
+    "mirror.per_layer_batch": False,
+    "alignment.momentum": -1.0,
+    "alignment.*": ANY,
+}
 # Defaults that changed after runs were recorded: key -> (the old default, the new one). A workdir
 # recorded with the old default (or before the key existed, where ADDED_KEYS reads it as the old
 # default) resumes with it when the config holds the new one: the run goes on as it began. Issue
-# 20 made Rademacher the mirror noise (10-25x cheaper to draw, the same training where measured).
-CHANGED_DEFAULTS = {"mirror.noise": ("normal", "rademacher")}
+# 20 made Rademacher the mirror noise (10-25x cheaper to draw, the same training where measured),
+# and gave LeNet's configs a mirror batch sized per layer (``mirror.per_layer_batch``).
+CHANGED_DEFAULTS = {
+    "mirror.noise": ("normal", "rademacher"),
+    "mirror.per_layer_batch": (False, True),
+}
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"

@@ -1,6 +1,7 @@
 """B trained by the weight-mirror step (wm): the Hebbian product of noise and its echo."""
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,12 +27,72 @@ class Mirror:
       noise_std: :math:`\\sigma`, the noise's std (its distribution is the model's
         ``mirror_noise`` option).
       every: one mirror step before every ``every``-th train step.
+      per_layer_batch: each layer gets its own number of noise vectors, the fewest that leave
+        its B as noisy as the noisiest layer's at the whole batch (:func:`hebbian_products`);
+        False: every layer gets the whole batch.
     """
 
     learning_rate: float | None = None
     decay: float = 0.1
     noise_std: float = 1.0
     every: int = 1
+    per_layer_batch: bool = False
+
+
+def hebbian_products(apply: Callable[[], Any], batch_size: int, per_layer_batch: bool) -> Any:
+    r"""``apply()``, a mirror apply returning the sown Hebbian products, with each layer's batch.
+
+    Per layer (``per_layer_batch``), layer l of fan-in :math:`d_l` and :math:`P_l` output
+    positions draws
+
+    .. math::
+      n_l = \left\lceil \frac{\lambda}{2 - \lambda}
+            \frac{d_l + \kappa - 2}{P_l\, \varepsilon} \right\rceil, \qquad
+      \varepsilon = \max_l \frac{\lambda}{2 - \lambda} \frac{d_l + \kappa - 2}{n P_l},
+      \quad\text{so}\quad
+      n_l = \left\lceil n \frac{(d_l + \kappa - 2) / P_l}{\max_k (d_k + \kappa - 2) / P_k}
+            \right\rceil
+
+    noise vectors (``rules.mirror_batch_size``; :math:`\varepsilon` is ``rules.mirror_error``
+    of the noisiest layer at the whole batch n, which keeps n): every B sits as far from W by
+    noise as the noisiest one would with n vectors, at a fraction of the work. The decay
+    cancels, so the sizes hold for any decay (0 included: there B sums the products). Each layer's
+    Hebbian product is scaled to n vectors (``layers.mirror_batch_sizes``), so the learning
+    rate :math:`\lambda / (n\sigma^2)` still settles every B at W. The layers' fan-ins and
+    positions come from an abstract first apply (``jax.eval_shape``; no work runs).
+
+    Args:
+      apply: ``() -> sown``, the model applied in mirror mode on a batch of ``batch_size``.
+      batch_size: n.
+      per_layer_batch: size each layer's batch; False: ``apply()`` as it is.
+
+    Returns:
+      What ``apply()`` returns.
+    """
+    if not per_layer_batch:
+        return apply()
+    layers_seen = []
+
+    def record(fan_in, positions, noise):
+        layers_seen.append((fan_in, positions, noise))
+        return batch_size
+
+    with layers.mirror_batch_sizes(record):
+        jax.eval_shape(apply)
+    # At decay 1, lambda / (2 - lambda) = 1: the ratio of the layers' errors, which any decay
+    # scales alike.
+    error = max(
+        (rules.mirror_error(1.0, d, batch_size, positions=p, noise=z) for d, p, z in layers_seen),
+        default=0.0,
+    )
+    if error <= 0:  # no mirrored layer, or none with noise in its B (d = 1, Rademacher)
+        return apply()
+
+    def size(fan_in, positions, noise):
+        return rules.mirror_batch_size(1.0, fan_in, error, positions=positions, noise=noise)
+
+    with layers.mirror_batch_sizes(size):
+        return apply()
 
 
 def mirror_step(
@@ -44,7 +105,8 @@ def mirror_step(
       \;(= z^\top z W \text{ for dense}),
 
     with z unit-variance noise shaped like the layer's input (``rules.hebbian``; a convolution's
-    H is averaged over output positions).
+    H is averaged over output positions): the batch of ``inputs``, or with
+    ``mirror.per_layer_batch`` each layer's own share of it (:func:`hebbian_products`).
 
     Args:
       model: a converted model.
@@ -57,9 +119,14 @@ def mirror_step(
     Returns:
       ``variables`` with the new B.
     """
-    _, sown = model.apply(variables, *inputs, rngs={MIRROR_RNG: rng}, mutable=[layers.MIRROR])
-    hebbian = traverse_util.flatten_dict(dict(sown.get(layers.MIRROR, {})))
     n = jax.tree.leaves(inputs)[0].shape[0]
+
+    def apply():
+        _, sown = model.apply(variables, *inputs, rngs={MIRROR_RNG: rng}, mutable=[layers.MIRROR])
+        return sown.get(layers.MIRROR, {})
+
+    sown = hebbian_products(apply, n, mirror.per_layer_batch)
+    hebbian = traverse_util.flatten_dict(dict(sown))
     rate = mirror.learning_rate
     if rate is None:
         rate = mirror.decay / (n * mirror.noise_std**2)
@@ -100,6 +167,7 @@ def _make_state_step(model, mesh, config, image_shape) -> StateStep:
         decay=m.decay,
         noise_std=m.noise_std,
         noise=m.get("noise", "normal"),
+        per_layer_batch=m.get("per_layer_batch", False),
     )
     return StateStep(step, every=m.every, pretrain=m.pretrain_batches)
 
