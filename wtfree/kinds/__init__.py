@@ -1,6 +1,6 @@
-"""How B learns: one object per kind (none, fixed, gradient, mirror, loss), each with the hooks
-the layer, the optimizer, the train step and NNX need. Adding a kind is one file here and one
-line in ``KINDS``; a rule names its kind (``rules.Rule.feedback``)."""
+"""How B learns: one object per kind (none, fixed, gradient, mirror, loss, settling), each with
+the hooks the layer, the optimizer, the train step, the config check and NNX need. Adding a kind
+is one file here and one line in ``KINDS``; a rule names its kind (``rules.Rule.feedback``)."""
 
 import dataclasses
 from collections.abc import Callable
@@ -28,6 +28,23 @@ def _no_loss(model, sown, settings):
     return jnp.zeros((), jnp.float32)
 
 
+def _accept(config):
+    del config
+
+
+def _same_state(model, config, state, image_shape):
+    del model, config, image_shape
+    return state
+
+
+def _usual_steps(model, tx, schedule, config):
+    del model, tx, schedule, config
+
+
+def _no_check(trainer):
+    del trainer
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A way for B to learn.
@@ -42,6 +59,14 @@ class Kind:
       before_step: ``(model, variables, inputs, rng, settings, step) -> variables``, run before
         each train step (the weight mirror's step).
       loss: ``(model, sown, settings) -> scalar``, added to the task loss (alignment losses).
+      validate: ``(config) -> None``, raising a one-line ValueError for a config the kind
+        cannot run (``config_lib.validate``).
+      init_state: ``(model, config, state, image_shape) -> state``, the fresh train state with
+        the kind's own variables added (the settling rules' state; DI's B = -W^T).
+      make_steps: ``(model, tx, schedule, config) -> (train_step, measure_step)`` for a kind
+        whose step is its own (the settling rules); None: ``wtfree.steps``' steps.
+      check: ``(trainer) -> None``, run once the Trainer is built, raising ``errors.RunError``
+        (exit 2) where the run cannot go on (DI's unstable feedback loop).
     """
 
     name: str
@@ -51,12 +76,17 @@ class Kind:
     mutable: tuple[str, ...] = ()
     before_step: Callable[..., Any] = _keep
     loss: Callable[..., Any] = _no_loss
+    validate: Callable[..., None] = _accept
+    init_state: Callable[..., Any] = _same_state
+    make_steps: Callable[..., Any] = _usual_steps
+    check: Callable[..., None] = _no_check
 
 
 def _registry() -> dict[str, Kind]:
-    from wtfree.kinds import fixed, gradient, loss, mirror, none
+    from wtfree.kinds import fixed, gradient, loss, mirror, none, settling
 
-    return {k.name: k for k in (none.KIND, fixed.KIND, gradient.KIND, mirror.KIND, loss.KIND)}
+    kinds = (none.KIND, fixed.KIND, gradient.KIND, mirror.KIND, loss.KIND, settling.KIND)
+    return {k.name: k for k in kinds}
 
 
 def get(name: str) -> Kind:
