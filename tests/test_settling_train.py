@@ -29,6 +29,7 @@ def tiny_config(rule: str, **overrides):
     config.log_every_steps = 3
     config.checkpoint_every_steps = 3
     config.num_devices = 1
+    config.settling.loss_scale = 1.0  # the tests set the learning rate for the mean loss
     if rule == "pc":  # 40 steps of 2 x 0.05 leave 0.9^40 = 1.5% of the error unsettled
         config.settling.steps, config.settling.step_size = 40, 0.05
     for key, value in overrides.items():

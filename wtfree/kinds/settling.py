@@ -13,7 +13,12 @@ the authors', ``docs/settling.md``), and
 
 - ``feedback_init``: ``random`` (B drawn like W) or ``neg_transpose`` (B = -W^T at init, the DI
   authors' start: weight transport once);
-- ``feedback_learning_rate_scale``: B's step size over W's (PAL's ``bw_lr_factors``, 10).
+- ``feedback_learning_rate_scale``: B's step size over W's (PAL's ``bw_lr_factors``, 10);
+- ``loss_scale``: the rule settles on this times the config's (mean) loss, and the gradients
+  scale with it. It matters where the settling is not linear in the error: AR starts its states
+  at the activations, so what T steps leave of them weighs against the error's size. The AR and
+  PC codes sum the squared error over examples and outputs: ``batch_size * 10`` (PC: half that)
+  with the mean ``squared_error`` is their loss, at their learning rate.
 
 A config without a ``settling`` subtree runs the rule at its defaults.
 """
@@ -34,7 +39,7 @@ FEEDBACK_INITS = ("random", "neg_transpose")
 # The train state's key for the rule's own variables (PC's error weights, PAL's noise).
 STATE = "settling"
 # Entries of config.settling that are the kind's, not the rule's *Config's.
-KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0}
+KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0, "loss_scale": 1.0}
 # The rng stream the settling step draws PAL's noise from (steps.py uses 0 to 3).
 _RNG_STREAM = 4
 
@@ -96,9 +101,10 @@ def validate(config) -> None:
             f"settling.feedback_init={values['feedback_init']!r}; allowed: "
             + ", ".join(FEEDBACK_INITS)
         )
-    scale = values["feedback_learning_rate_scale"]
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-        raise ValueError(f"settling.feedback_learning_rate_scale={scale!r}; allowed: a number >= 0")
+    for key in ("feedback_learning_rate_scale", "loss_scale"):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ValueError(f"settling.{key}={value!r}; allowed: a number >= 0")
     for key in ("steps",):
         if key in values and (not isinstance(values[key], int) or values[key] < 0):
             raise ValueError(f"settling.{key}={values[key]!r}; allowed: an integer >= 0")
@@ -136,11 +142,11 @@ def _stored(model: mlp.Model, state, names, feedback: str):
     ]
 
 
-def _loss(config, labels):
+def _loss(config, labels, scale: float = 1.0):
     per_example = metrics.get_loss(config.loss)
 
     def loss(out):
-        return per_example(out.astype(jnp.float32), labels).mean()
+        return scale * per_example(out.astype(jnp.float32), labels).mean()
 
     return loss
 
@@ -167,7 +173,7 @@ def _settle(model, config, state, batch) -> tuple[settling.Result, list, Any]:
         params,
         stored,
         batch["image"],
-        _loss(config, batch["label"]),
+        _loss(config, batch["label"], settings(config)["loss_scale"]),
         cfg,
         state=_rule_state(config, state),
         rng=_rng(state),
