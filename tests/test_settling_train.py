@@ -57,7 +57,7 @@ SETUPS = {
     # W drawn at the usual scale (the authors' U(-0.01, 0.01) learns slowly at first), and a
     # small rate: the pseudo-inverse's steps are large where W's singular values are small.
     "di": ("di", {"model_kwargs.kernel_scale": 1.0, "optimizer.learning_rate": 0.05}),
-    "pal": ("pal", {"settling.steps": 20}),
+    "pal": ("pal", {"settling.steps": 5}),
 }
 
 

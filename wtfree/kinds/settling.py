@@ -65,7 +65,7 @@ def settings(config) -> dict[str, Any]:
     return {**defaults, **given}
 
 
-def rule_config(config):
+def rule_config(config) -> Any:
     """The rule's ``*Config`` from ``config.settling`` (ValueError in one line if bad)."""
     rule = settling.get(config.rule)
     names = {f.name for f in dataclasses.fields(rule.config)}
@@ -105,9 +105,9 @@ def validate(config) -> None:
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ValueError(f"settling.{key}={value!r}; allowed: a number >= 0")
-    for key in ("steps",):
-        if key in values and (not isinstance(values[key], int) or values[key] < 0):
-            raise ValueError(f"settling.{key}={values[key]!r}; allowed: an integer >= 0")
+    steps = values.get("steps", 0)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"settling.steps={steps!r}; allowed: an integer >= 0")
     if config.rule == "pal" and not settling.network.is_stored(feedback):
         raise ValueError(f"settling.feedback={feedback!r} with rule='pal'; allowed: fa, kp")
     rule_config(config)
@@ -181,7 +181,7 @@ def _settle(model, config, state, batch) -> tuple[settling.Result, list, Any]:
     return result, params, stored
 
 
-def init_state(model, config, state, image_shape):
+def init_state(model: mlp.Model, config, state: dict, image_shape: tuple[int, ...]) -> dict:
     """Adds the rule's variables under ``state["settling"]`` (PC with error weights: E; PAL:
     noise, filters and rates for a batch of ``config.batch_size``), and for
     ``feedback_init=neg_transpose`` sets every B to -W."""
@@ -204,7 +204,7 @@ def init_state(model, config, state, image_shape):
     return state
 
 
-def make_steps(model, tx, schedule, config):
+def make_steps(model: mlp.Model, tx, schedule, config) -> tuple[Any, Any]:
     """``(train_step, measure_step)``: the rule's step and its alignment measurements."""
     names = chain(model)[1]
     scale = settings(config)["feedback_learning_rate_scale"]
@@ -265,7 +265,7 @@ def make_steps(model, tx, schedule, config):
     return train_step, measure_step
 
 
-def measure(model, config, state, batch) -> dict[str, Array]:
+def measure(model: mlp.Model, config, state: dict, batch: dict) -> dict[str, Array]:
     """Per layer: the angle of the rule's settled error to backprop's (``jax.grad``), at the
     pre-activation as every rule's ``align/delta_angle`` and at the output
     (``align/error_angle``), and the feedback matrix's angle to W (``align/weight_angle``, with
