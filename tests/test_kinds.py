@@ -24,8 +24,8 @@ def test_labels_are_the_optimizers(rule, label):
 
 
 def test_unknown_kind_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="unknown kind of feedback 'settling'; known: none"):
-        kinds.get("settling")
+    with pytest.raises(ValueError, match="unknown kind of feedback 'hebbian'; known: none"):
+        kinds.get("hebbian")
 
 
 def _config(rule, **overrides):

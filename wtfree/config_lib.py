@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from wtfree import data, layers, metrics, models, optim, rules
+from wtfree import data, kinds, layers, metrics, models, optim, rules
 from wtfree.models import resnet
 
 _BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
@@ -111,6 +111,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.get("output_rule"):
         rules.get(config.output_rule)
     models.get(config.model)
+    kinds.get(rules.get(config.rule).feedback).validate(config)
     models.check_rule(config.model, config.rule, config.get("output_rule"))
     if config.dataset not in data.names():
         raise ValueError(

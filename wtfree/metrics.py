@@ -29,7 +29,11 @@ def squared_error(outputs: Array, targets: Array) -> Array:
     For regression: ``targets`` are real vectors shaped like ``outputs``. The error it sends to
     the output units is :math:`\frac{2}{K}(y - y^*)`, i.e. Lillicrap et al.'s
     :math:`-e = y - y^*` up to the factor :math:`2/K`, which only rescales the learning rate.
+    Integer class labels (one fewer axis) stand for their one-hot vectors (the settling rules'
+    papers train MNIST on the squared error).
     """
+    if targets.ndim == outputs.ndim - 1:
+        targets = jax.nn.one_hot(targets, outputs.shape[-1], dtype=outputs.dtype)
     return jnp.mean(jnp.square(outputs - targets.astype(outputs.dtype)), axis=-1)
 
 

@@ -151,10 +151,15 @@ class Trainer:
 
         replicated = sharding.replicated(self.mesh)
         batch = sharding.batch_sharded(self.mesh)
+        kind = kinds.get(rules.get(config.rule).feedback)
         init = functools.partial(
             steps.init_state, self.model, self.tx, input_shape=(1, *self.ds.image_shape)
         )
-        self.init_state = jax.jit(init, out_shardings=replicated)
+
+        def init_with_kind(rng):
+            return kind.init_state(self.model, config, init(rng), self.ds.image_shape)
+
+        self.init_state = jax.jit(init_with_kind, out_shardings=replicated)
         self.abstract_state = jax.eval_shape(self.init_state, rng)
         self.abstract_state = jax.tree.map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
@@ -182,19 +187,20 @@ class Trainer:
         # The weight mirror's is the one state step today: the names below are its.
         self.state_step = state_steps[0] if state_steps else None
         self.uses_mirror = self.state_step is not None
-        # uint8 train batches where the dataset can give them, normalized inside the steps.
-        train_step = _normalizing(
-            self.ds, steps.make_train_step(self.model, self.tx, config.loss, extras=extras)
+        # A kind with a step of its own (the settling rules) gives it, with its measurements.
+        made = kind.make_steps(self.model, self.tx, self.schedule, config) or (
+            steps.make_train_step(self.model, self.tx, config.loss, extras=extras),
+            steps.make_measure_step(self.model, config.loss),
         )
+        # uint8 train batches where the dataset can give them, normalized inside the steps.
+        train_step = _normalizing(self.ds, made[0])
         step_shardings = dict(
             in_shardings=(replicated, batch),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
         )
         self.train_step = jax.jit(train_step, **step_shardings)
-        self.measure_step = jax.jit(
-            _normalizing(self.ds, steps.make_measure_step(self.model, config.loss))
-        )
+        self.measure_step = jax.jit(_normalizing(self.ds, made[1]))
         self.eval_step = jax.jit(steps.make_eval_step(self.model, config.loss, top_k))
         if self.state_step is not None:
             state_step = self.state_step.step
@@ -226,6 +232,7 @@ class Trainer:
         self.first_of_chunk = jax.jit(lambda chunk: jax.tree.map(lambda x: x[0], chunk))
         self.rng = rng
         self._steps_per_dispatch = config.get("steps_per_dispatch", 0)
+        kind.check(self)  # errors.RunError where the run cannot go on (DI's unstable loop)
 
     def fresh_state(self) -> State:
         return self.init_state(self.rng)

@@ -1,7 +1,7 @@
-"""How B learns: one object per kind (none, fixed, gradient, mirror, loss), each with the hooks
-the layer, the optimizer, the train steps (the library's and train.py's), the workdir check and
-NNX need. Adding a kind is one file here and one line in ``_registry``; a rule names its kind
-(``rules.Rule.feedback``).
+"""How B learns: one object per kind (none, fixed, gradient, mirror, loss, settling), each with
+the hooks the layer, the optimizer, the train steps (the library's and train.py's), the workdir
+check and NNX need. Adding a kind is one file here and one line in ``_registry``; a rule names
+its kind (``rules.Rule.feedback``).
 
 Where each hook is called:
 
@@ -13,6 +13,8 @@ Where each hook is called:
   to ``steps.make_train_step``: collections, random streams, a loss) and ``make_state_step``
   (a step on the whole train state after the train step, and before training: the weight
   mirror's); ``wtfree.workdir``: ``section``.
+- ``wtfree.config_lib.validate``: ``validate``; the Trainer: ``init_state``, ``make_steps``
+  (a kind whose train step is its own: the settling rules) and ``check``.
 - ``wtfree.nnx``: ``nnx_variable``.
 
 A hook a kind does not need keeps its default, which does nothing.
@@ -98,6 +100,23 @@ class StateStep:
     pretrain: int = 0
 
 
+def _accept(config):
+    del config
+
+
+def _same_state(model, config, state, image_shape):
+    del model, config, image_shape
+    return state
+
+
+def _usual_steps(model, tx, schedule, config):
+    del model, tx, schedule, config
+
+
+def _no_check(trainer):
+    del trainer
+
+
 @dataclasses.dataclass(frozen=True)
 class Kind:
     """A way for B to learn.
@@ -117,6 +136,14 @@ class Kind:
       step_extra: ``(config) -> StepExtra | None``, what the kind adds to train.py's train step.
       make_state_step: ``(model, mesh, config, image_shape) -> StateStep | None``, a step on the
         train state besides the train step (``image_shape``: one example's, no batch axis).
+      validate: ``(config) -> None``, raising a one-line ValueError for a config the kind
+        cannot run (``config_lib.validate``).
+      init_state: ``(model, config, state, image_shape) -> state``, the fresh train state with
+        the kind's own variables added (the settling rules' state; DI's B = -W^T).
+      make_steps: ``(model, tx, schedule, config) -> (train_step, measure_step)`` for a kind
+        whose step is its own (the settling rules); None: ``wtfree.steps``' steps.
+      check: ``(trainer) -> None``, run once the Trainer is built, raising ``errors.RunError``
+        (exit 2) where the run cannot go on (DI's unstable feedback loop).
     """
 
     name: str
@@ -129,12 +156,17 @@ class Kind:
     section: str | None = None
     step_extra: Callable[..., StepExtra | None] = _no_extra
     make_state_step: Callable[..., StateStep | None] = _no_state_step
+    validate: Callable[..., None] = _accept
+    init_state: Callable[..., Any] = _same_state
+    make_steps: Callable[..., Any] = _usual_steps
+    check: Callable[..., None] = _no_check
 
 
 def _registry() -> dict[str, Kind]:
-    from wtfree.kinds import fixed, gradient, loss, mirror, none
+    from wtfree.kinds import fixed, gradient, loss, mirror, none, settling
 
-    return {k.name: k for k in (none.KIND, fixed.KIND, gradient.KIND, mirror.KIND, loss.KIND)}
+    kinds = (none.KIND, fixed.KIND, gradient.KIND, mirror.KIND, loss.KIND, settling.KIND)
+    return {k.name: k for k in kinds}
 
 
 def registered() -> list[Kind]:

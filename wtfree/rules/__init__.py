@@ -39,6 +39,7 @@ FIXED = "fixed"  # B drawn once, never trained (fa, frsf, dfa)
 GRADIENT = "gradient"  # B gets W's gradient and moves with W in the optimizer (kp)
 MIRROR = "mirror"  # B trained by the weight-mirror step (wm)
 LOSS = "loss"  # B trained by the optimizer on its alignment loss (sa, aa, ia, wm_reg)
+SETTLING = "settling"  # the error settles over inner steps; B by the rule (ar, pc, di, pal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Rule:
       name: the registry name.
       apply: ``apply(f, x, w, b, rng) -> f(x, w)`` with the rule's backward pass. ``b`` is the
         stored feedback weights, or for rules with ``feedback == NONE`` the layer's init std.
-      feedback: what B is and how it learns: NONE, FIXED, GRADIENT, MIRROR or LOSS.
+      feedback: what B is and how it learns: NONE, FIXED, GRADIENT, MIRROR, LOSS or SETTLING.
       direct: the error reaches hidden layers straight from the output (DFA): the layers train
         locally and the model routes the error with ``direct_feedback``.
       block_wise: with ``direct``, only the output of each residual block (and of the stem)
@@ -107,6 +108,10 @@ RULES: dict[str, Rule] = {
             Rule(name, alignment_feedback, LOSS, _stored, alignment=a)
             for name, a in ALIGNMENTS.items()
         ),
+        # The settling rules (wtfree.settling) have a train step of their own
+        # (wtfree.kinds.settling): their layers compute forward passes only. The matrix the
+        # error goes down through is config.settling.feedback's, measured by that step.
+        *(Rule(name, backprop, SETTLING, None) for name in ("ar", "pc", "di", "pal")),
     ]
 }
 ALIASES = {"ss": "usf"}
@@ -139,6 +144,7 @@ __all__ = [
     "MIRROR_NOISES",
     "NONE",
     "RULES",
+    "SETTLING",
     "Alignment",
     "LinearFn",
     "Rule",
