@@ -58,7 +58,7 @@ def test_a_layer_given_n_vectors_draws_exactly_n():
     assert sorted(seen) == [(6, 1, "normal"), (24, 1, "normal")]
     assert "input" not in h
     for name, d in (("wide", 24), ("narrow", 6)):
-        rank = np.linalg.matrix_rank(np.asarray(h[name]["kernel"], np.float64), tol=1e-4)
+        rank = np.linalg.matrix_rank(np.asarray(h[name]["feedback_kernel"], np.float64), tol=1e-4)
         assert rank == sizes[d], name
 
     # The layer's product itself, on a draw we know: n_l rows, scaled by n / n_l.
@@ -92,7 +92,9 @@ def test_per_layer_sizes_follow_the_closed_form():
 
     h = mirror_kind.hebbian_products(apply, 32, per_layer_batch=True)
     for name in ("wide", "narrow"):
-        ranks[name] = np.linalg.matrix_rank(np.asarray(h[name]["kernel"], np.float64), tol=1e-4)
+        ranks[name] = np.linalg.matrix_rank(
+            np.asarray(h[name]["feedback_kernel"], np.float64), tol=1e-4
+        )
     error = rules.mirror_error(DECAY, 24, 32)
     assert rules.mirror_batch_size(DECAY, 6, error) == 9
     assert ranks == {"wide": 6, "narrow": 5}  # 32 and 9 rows: the rank is W's
@@ -108,7 +110,7 @@ def test_per_layer_sizes_follow_the_closed_form():
                 )
                 return out[layers.MIRROR]
 
-            return mirror_kind.hebbian_products(apply, 32, per_layer)["narrow"]["kernel"]
+            return mirror_kind.hebbian_products(apply, 32, per_layer)["narrow"]["feedback_kernel"]
 
         hs[per_layer] = jax.vmap(many)(jax.random.split(jax.random.key(4), 2000))
     w = variables["params"]["narrow"]["kernel"]
@@ -132,7 +134,7 @@ def test_b_settles_at_w_with_the_closed_form_error_in_every_layer():
     variables = model.init(jax.random.key(0), x)
     variables = {
         "params": variables["params"],
-        "feedback": {k: {"kernel": v["kernel"]} for k, v in variables["params"].items()},
+        "feedback": {k: {"feedback_kernel": v["kernel"]} for k, v in variables["params"].items()},
     }
     mirror = mirror_kind.Mirror(decay=DECAY, per_layer_batch=True)
     w = variables["params"]
@@ -141,11 +143,11 @@ def test_b_settles_at_w_with_the_closed_form_error_in_every_layer():
         v = mirror_kind.mirror_step(model, v, (x,), rng, mirror)
         b = v["feedback"]
         errors = {
-            k: jnp.sum(jnp.square(b[k]["kernel"] - w[k]["kernel"]))
+            k: jnp.sum(jnp.square(b[k]["feedback_kernel"] - w[k]["kernel"]))
             / jnp.sum(jnp.square(w[k]["kernel"]))
             for k in ("wide", "narrow")
         }
-        return v, ({k: b[k]["kernel"] for k in errors}, errors)
+        return v, ({k: b[k]["feedback_kernel"] for k in errors}, errors)
 
     _, (bs, errs) = jax.lax.scan(step, variables, jax.random.split(jax.random.key(1), steps))
     for name, d, rows in (("wide", 24, 32), ("narrow", 6, 9)):
@@ -183,7 +185,7 @@ def test_the_trainer_mirror_step_takes_per_layer_batches():
         state = trainer.fresh_state()
         zero = jax.tree.map(jnp.zeros_like, state["feedback"])
         after = trainer.mirror_step({**state, "feedback": zero}, jax.random.key(4))
-        update = np.asarray(after["feedback"]["output"]["kernel"], np.float64)
+        update = np.asarray(after["feedback"]["output"]["feedback_kernel"], np.float64)
         ranks[per_layer] = np.linalg.matrix_rank(update, tol=1e-5 * np.abs(update).max())
     assert ranks == {False: 4, True: 1}
 

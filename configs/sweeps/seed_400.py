@@ -8,7 +8,7 @@ angle between B and W and the hidden layer's angle to backprop's error: the quan
 seed's experiments/mnist/<rule>-V0/results.json (its "weight_angles"/"layer_1" and
 "delta_angles"/"layer_1"). docs/results_mnist_mlp.md ("The seed's full log") compares them at
 epochs 1, 10, 100 and 400 (`python experiments/seed_log.py runs/seed_400`).
-A run takes 10-25 minutes on a shared 2-core CPU.
+A run took 16-28 minutes on a shared 2-core CPU (load 3-10).
 """
 
 RULES = ("bp", "fa", "wm", "kp")
