@@ -296,7 +296,7 @@ def test_a_bad_run_stops_the_sweep_before_any_run_starts(tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith(
-        "wtfree.sweep: error: run bad_rule: unknown rule 'nope'; known rules: aa, bp,"
+        "wtfree.sweep: error: run bad_rule: unknown rule 'nope'; known rules: aa, ar, bp,"
     )
     assert not (tmp_path / "w").exists()
     with pytest.raises(

@@ -342,7 +342,7 @@ def test_each_jitted_op_traces_once(rule):
 
 
 def test_unknown_rule_error_lists_the_known_rules():
-    known = r"unknown rule 'xx'; known rules: aa, bp, brsf, dfa, dfa_block, fa"
+    known = r"unknown rule 'xx'; known rules: aa, ar, bp, brsf, dfa, dfa_block, di, fa"
     with pytest.raises(ValueError, match=known):
         rules.get("xx")
 

@@ -162,7 +162,7 @@ def test_mirror_step_moves_b_towards_w():
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["--config=configs/mnist_mlp.py:rule=xx"], "unknown rule 'xx'; known rules: aa, bp"),
+        (["--config=configs/mnist_mlp.py:rule=xx"], "unknown rule 'xx'; known rules: aa, ar, bp"),
         (["--config=configs/mnist_mlp.py", "--config.optimizr.lr=1"], "unknown config key"),
         (["--config=configs/mnist_mlp.py", "--config.no_such_key=1"], "unknown config key"),
         (
