@@ -155,3 +155,54 @@ def test_dfa_hidden_errors_are_e_times_b():
 def test_dfa_needs_the_output_width():
     with pytest.raises(ValueError, match="rule 'dfa' needs outputs="):
         wtfree.convert(Mlp(), "dfa")
+
+
+class NormedMlp(nn.Module):
+    """A stock model with batch norm and a train flag, as a ResNet has."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(8, name="hidden")(x.reshape(x.shape[0], -1))
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.5, name="bn")(x))
+        return nn.Dense(3, name="output")(x)
+
+
+@pytest.mark.parametrize("rule", ["bp", "dfa"])
+def test_batch_norm_statistics_update_and_bp_is_jax_grad(rule):
+    """The library's step keeps and updates batch_stats as the stock model's apply does in
+    training, and under bp its update is SGD on jax.grad of the unconverted model."""
+    x = jax.random.normal(jax.random.key(0), (6, 4))
+    batch = {"image": x, "label": jnp.array([0, 1, 2, 0, 1, 2])}
+    model = wtfree.convert(NormedMlp(), rule, **({"outputs": 3} if rule == "dfa" else {}))
+    variables = model.init(jax.random.key(1), x)
+    tx = wtfree.optimizer(optax.sgd(0.1), variables)
+    state = wtfree.init_train_state(variables, tx)
+    assert "batch_stats" in state["variables"]
+
+    def loss_fn(logits, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+
+    step = wtfree.make_train_step(model, tx, loss_fn, apply_kwargs={"train": True})
+    new, _ = jax.jit(step)(state, batch, jax.random.key(2))
+
+    def plain_loss(params):
+        logits, updated = NormedMlp().apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return loss_fn(logits, batch), updated
+
+    (_, updated), grads = jax.value_and_grad(plain_loss, has_aux=True)(variables["params"])
+    np.testing.assert_allclose(
+        new["variables"]["batch_stats"]["bn"]["mean"], updated["batch_stats"]["bn"]["mean"]
+    )
+    assert not np.allclose(updated["batch_stats"]["bn"]["mean"], 0)
+    if rule == "bp":
+        want = jax.tree.map(lambda p, g: p - 0.1 * g, variables["params"], grads)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+            new["variables"]["params"],
+            want,
+        )

@@ -14,6 +14,8 @@ from wtfree.kinds.loss import Alignment, alignment_loss
 from wtfree.kinds.mirror import Mirror, mirror_step
 from wtfree.linen import ALIGNMENT_RNG, Converted
 
+BATCH_STATS = "batch_stats"  # flax.linen.BatchNorm's collection
+
 Array = jax.Array
 Variables = Mapping[str, Any]
 
@@ -84,6 +86,7 @@ def make_train_step(
     inputs: Callable[[Any], tuple] = _image,
     mirror: Mirror | None = None,
     alignment: Alignment | None = None,
+    apply_kwargs: dict | None = None,
 ) -> Callable:
     """Returns ``train_step(state, batch, rng) -> (state, measurements)``, pure and jittable.
 
@@ -103,7 +106,14 @@ def make_train_step(
       mirror: the mirror step's settings (used when a layer's rule is wm; None: ``Mirror()``).
       alignment: the alignment losses' settings (used when a rule is sa, aa, ia or wm_reg;
         None: ``Alignment()``).
+      apply_kwargs: keyword arguments of every ``model.apply`` of the step, e.g.
+        ``{"train": True}`` for a model whose batch norm or dropout reads such a flag.
+
+    A model with batch norm keeps its ``batch_stats`` in ``state["variables"]``
+    (:func:`init_train_state` keeps them); the step updates them as the model's apply does in
+    training (the collection is mutable), and the optimizer never sees them.
     """
+    apply_kwargs = dict(apply_kwargs or {})
     used = [kinds.get(name) for name in sorted(model.options.kinds())]
     names = {model.options.rule, model.options.output_rule or model.options.rule}
     direct = any(rules.get(name).direct for name in names)
@@ -118,26 +128,33 @@ def make_train_step(
                 model, variables, inputs(batch), rng_before, settings.get(kind.name), state["step"]
             )
         trainable = {"params": variables["params"], "feedback": variables.get("feedback", {})}
+        stats = [BATCH_STATS] if BATCH_STATS in variables else []
 
         rngs = {layers.FEEDBACK_RNG: rng_feedback, ALIGNMENT_RNG: rng_alignment}
-        kwargs = {}
+        kwargs = dict(apply_kwargs)
         if direct:
             # DFA's first pass: the loss's gradient at the output, sent to every layer.
-            outputs = model.apply(variables, *inputs(batch), rngs=rngs)
+            outputs, _ = model.apply(variables, *inputs(batch), rngs=rngs, mutable=stats, **kwargs)
             kwargs["output_error"] = jax.grad(loss_fn)(outputs, batch)
 
         def total_loss(trainable):
             outputs, sown = model.apply(
-                {**variables, **trainable}, *inputs(batch), rngs=rngs, mutable=mutable, **kwargs
+                {**variables, **trainable},
+                *inputs(batch),
+                rngs=rngs,
+                mutable=mutable + stats,
+                **kwargs,
             )
             task = loss_fn(outputs, batch)
             aligning = sum(kind.loss(model, sown, settings.get(kind.name)) for kind in used)
-            return task + aligning, {"loss": task, "alignment_loss": aligning}
+            updated = {c: sown[c] for c in stats}
+            return task + aligning, ({"loss": task, "alignment_loss": aligning}, updated)
 
-        grads, measurements = jax.grad(total_loss, has_aux=True)(trainable)
+        grads, (measurements, updated) = jax.grad(total_loss, has_aux=True)(trainable)
         updates, opt_state = tx.update(grads, state["opt_state"], trainable)
         trainable = optax.apply_updates(trainable, updates)
         variables.update(trainable)
+        variables.update(updated)
         new_state = {"step": state["step"] + 1, "variables": variables, "opt_state": opt_state}
         return new_state, measurements
 
@@ -145,14 +162,16 @@ def make_train_step(
 
 
 def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> dict:
-    """``{"step", "variables", "opt_state"}`` for :func:`make_train_step`; only ``params`` and
-    ``feedback`` of ``variables`` are kept."""
-    kept = {k: v for k, v in variables.items() if k in ("params", "feedback")}
+    """``{"step", "variables", "opt_state"}`` for :func:`make_train_step`: ``params``,
+    ``feedback`` and (a model with batch norm) ``batch_stats`` of ``variables`` are kept; the
+    optimizer's state covers ``params`` and ``feedback``."""
+    kept = {k: v for k, v in variables.items() if k in ("params", "feedback", BATCH_STATS)}
     kept.setdefault("feedback", {})
+    trainable = {"params": kept["params"], "feedback": kept["feedback"]}
     return {
         "step": jnp.zeros((), jnp.int32),
         "variables": kept,
-        "opt_state": tx.init(kept),
+        "opt_state": tx.init(trainable),
     }
 
 
