@@ -93,7 +93,7 @@ def measure(args) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from wtfree import rules, sharding, trainer
+    from wtfree import kinds, rules, sharding, trainer
     from wtfree import steps as steps_lib
 
     config = _timing.load_config("imagenet_resnet50", f"rule={args.rule}")
@@ -116,16 +116,8 @@ def measure(args) -> dict:
     uses_mirror = trainer.uses_feedback(config, rules.MIRROR)
     mirrored = None
     if uses_mirror:
-        m = config.mirror
-        mirror_step = steps_lib.make_mirror_step(
-            model,
-            mesh,
-            (m.batch_size, *image_shape),
-            learning_rate=m.learning_rate,
-            decay=m.decay,
-            noise_std=m.noise_std,
-            **({"noise": m.noise} if "noise" in m else {}),
-        )
+        # The mirror step train.py builds from config.mirror (the mirror kind's state step).
+        mirror_step = kinds.get(rules.MIRROR).make_state_step(model, mesh, config, image_shape).step
 
         def train_mirror_step(state, batch):
             mirror_rng = steps_lib._mirror_rng(state, 1, state["step"])

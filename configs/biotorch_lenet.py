@@ -84,14 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 1e-3
     config.optimizer.schedule = "step"
     config.optimizer.boundaries = (0.5, 0.75)
-    common.set_mirror(
-        config,
-        batch_size=mnist_lenet.MIRROR_BATCH,
-        pretrain_batches=20,
-        decay=mnist_lenet.MIRROR_DECAY,
-        noise=mnist_lenet.MIRROR_NOISE,
-        per_layer_batch=mnist_lenet.MIRROR_PER_LAYER_BATCH,
-    )
+    mnist_lenet.set_lenet_mirror(config)
     for name, rule in alignment.ALIGNMENTS.items():
         for key, value in rule.defaults.items():
             config.alignment.coefficients[name][key] = value * ALIGNMENT_SCALE

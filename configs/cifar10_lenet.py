@@ -61,14 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 1e-4
     config.optimizer.schedule = "step"
     config.optimizer.boundaries = (0.4, 0.6, 0.8)
-    common.set_mirror(
-        config,
-        batch_size=mnist_lenet.MIRROR_BATCH,
-        pretrain_batches=20,
-        decay=mnist_lenet.MIRROR_DECAY,
-        noise=mnist_lenet.MIRROR_NOISE,
-        per_layer_batch=mnist_lenet.MIRROR_PER_LAYER_BATCH,
-    )
+    mnist_lenet.set_lenet_mirror(config)
     config.log_every_steps = 200
     config.checkpoint_every_steps = 2000
     if arg.runlocal:

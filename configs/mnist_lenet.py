@@ -79,6 +79,19 @@ MIRROR_NOISE = "normal"
 MIRROR_PER_LAYER_BATCH = True
 
 
+def set_lenet_mirror(config: ml_collections.ConfigDict) -> None:
+    """The LeNet configs' weight mirror (the constants above): 20 pretraining batches, so that
+    B forgets its random start as (1 - decay)^20 < 1e-6."""
+    common.set_mirror(
+        config,
+        batch_size=MIRROR_BATCH,
+        pretrain_batches=20,
+        decay=MIRROR_DECAY,
+        noise=MIRROR_NOISE,
+        per_layer_batch=MIRROR_PER_LAYER_BATCH,
+    )
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     arg = config_lib.parse_arg(arg, rule="bp", dataset="mnist", runlocal=False)
     if arg.dataset not in ("mnist", "fashion_mnist"):
@@ -94,15 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_kwargs = ml_collections.ConfigDict(dict(activation="relu", padding="VALID"))
     config.optimizer.momentum = 0.9
     config.optimizer.weight_decay = 5e-4
-    # 20 pretraining batches: B forgets its random start as (1 - decay)^20 < 1e-6.
-    common.set_mirror(
-        config,
-        batch_size=MIRROR_BATCH,
-        pretrain_batches=20,
-        decay=MIRROR_DECAY,
-        noise=MIRROR_NOISE,
-        per_layer_batch=MIRROR_PER_LAYER_BATCH,
-    )
+    set_lenet_mirror(config)
     if arg.runlocal:
         common.set_runlocal(config, batch_size=32, steps=20)
     return config
