@@ -20,10 +20,10 @@ FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
 
 def get_sweep() -> list[dict]:
     runs = []
-    for seed in SEEDS:
-        for dataset in ("mnist", "fashion_mnist"):
-            rules = BIOTORCH_RULES + (OTHER_RULES if seed == SEEDS[0] else ())
-            for rule in rules:
+    # bp's seeds first: they decide the learning rate (configs/sweeps/biotorch_lenet_lr.py).
+    for rule in BIOTORCH_RULES + OTHER_RULES:
+        for seed in SEEDS if rule in BIOTORCH_RULES else SEEDS[:1]:
+            for dataset in ("mnist", "fashion_mnist"):
                 overrides = {"seed": seed}
                 if dataset == "fashion_mnist":
                     overrides["idx_dir"] = FASHION_MNIST_IDX
