@@ -55,6 +55,21 @@ DEFAULT_LEARNING_RATE = 0.03
 ALIGNMENT_SCALE = 50.0
 # biotorch/datasets/{mnist,fashion_mnist}.py
 STANDARDIZE = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2859, 0.3530)}
+# Debian's dataset-fashion-mnist package (IDX files).
+FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
+
+
+def sweep_run(rule: str, dataset: str, seed: int, epochs: int, **overrides) -> dict:
+    """One run of a wtfree.sweep file: this config for (rule, dataset, seed, epochs), named
+    ``<dataset>_<rule>_s<seed>`` (the names experiments/biotorch_table.py reads)."""
+    overrides = {"seed": seed, **overrides}
+    if dataset == "fashion_mnist":
+        overrides["idx_dir"] = FASHION_MNIST_IDX
+    return {
+        "config": f"configs/biotorch_lenet.py:rule={rule},dataset={dataset},epochs={epochs}",
+        "overrides": overrides,
+        "name": f"{dataset}_{rule}_s{seed}",
+    }
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,28 +11,19 @@ quarters of the run, as biotorch's at 50 and 75 of 100. Fashion-MNIST is read fr
 files of Debian's dataset-fashion-mnist package.
 """
 
+from configs.biotorch_lenet import sweep_run
+
 BIOTORCH_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
 OTHER_RULES = ("kp", "wm", "sa", "aa")
 SEEDS = (0, 1, 2)
 EPOCHS = 5
-FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
 
 
 def get_sweep() -> list[dict]:
-    runs = []
     # bp's seeds first: they decide the learning rate (configs/sweeps/biotorch_lenet_lr.py).
-    for rule in BIOTORCH_RULES + OTHER_RULES:
-        for seed in SEEDS if rule in BIOTORCH_RULES else SEEDS[:1]:
-            for dataset in ("mnist", "fashion_mnist"):
-                overrides = {"seed": seed}
-                if dataset == "fashion_mnist":
-                    overrides["idx_dir"] = FASHION_MNIST_IDX
-                runs.append(
-                    {
-                        "config": f"configs/biotorch_lenet.py:rule={rule},dataset={dataset},"
-                        f"epochs={EPOCHS}",
-                        "overrides": overrides,
-                        "name": f"{dataset}_{rule}_s{seed}",
-                    }
-                )
-    return runs
+    return [
+        sweep_run(rule, dataset, seed, EPOCHS)
+        for rule in BIOTORCH_RULES + OTHER_RULES
+        for seed in (SEEDS if rule in BIOTORCH_RULES else SEEDS[:1])
+        for dataset in ("mnist", "fashion_mnist")
+    ]

@@ -8,24 +8,12 @@ Produces runs/biotorch_20/<dataset>_<rule>_s0; `python experiments/biotorch_tabl
 runs/biotorch_20` gives their best-epoch errors (docs/biotorch_lenet.md, "Length").
 """
 
+from configs.biotorch_lenet import sweep_run
+
 EPOCHS = 20
 RUNS = (("mnist", "bp"), ("mnist", "fa"), ("mnist", "dfa"), ("mnist", "usf"),
         ("fashion_mnist", "bp"), ("fashion_mnist", "fa"))  # fmt: skip
-FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
 
 
 def get_sweep() -> list[dict]:
-    runs = []
-    for dataset, rule in RUNS:
-        overrides = {"seed": 0}
-        if dataset == "fashion_mnist":
-            overrides["idx_dir"] = FASHION_MNIST_IDX
-        runs.append(
-            {
-                "config": f"configs/biotorch_lenet.py:rule={rule},dataset={dataset},"
-                f"epochs={EPOCHS}",
-                "overrides": overrides,
-                "name": f"{dataset}_{rule}_s0",
-            }
-        )
-    return runs
+    return [sweep_run(rule, dataset, 0, EPOCHS) for dataset, rule in RUNS]
