@@ -59,16 +59,17 @@ STANDARDIZE = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2859, 0.3530)}
 FASHION_MNIST_IDX = "/usr/share/datasets/fashion-mnist"
 
 
-def sweep_run(rule: str, dataset: str, seed: int, epochs: int, **overrides) -> dict:
+def sweep_run(rule: str, dataset: str, seed: int, epochs: int, tag: str = "", **overrides) -> dict:
     """One run of a wtfree.sweep file: this config for (rule, dataset, seed, epochs), named
-    ``<dataset>_<rule>_s<seed>`` (the names experiments/biotorch_table.py reads)."""
+    ``<dataset>_<rule><tag>_s<seed>`` (the names experiments/biotorch_table.py reads: a tagged
+    run is a row of its own)."""
     overrides = {"seed": seed, **overrides}
     if dataset == "fashion_mnist":
         overrides["idx_dir"] = FASHION_MNIST_IDX
     return {
         "config": f"configs/biotorch_lenet.py:rule={rule},dataset={dataset},epochs={epochs}",
         "overrides": overrides,
-        "name": f"{dataset}_{rule}_s{seed}",
+        "name": f"{dataset}_{rule}{tag}_s{seed}",
     }
 
 
