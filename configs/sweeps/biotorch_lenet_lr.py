@@ -21,15 +21,16 @@ PROBES = {"fa": (3, 10), "dfa": (3, 10)}  # multiples of the config's rate
 
 
 def get_sweep() -> list[dict]:
-    runs = [
-        sweep_run("bp", dataset, seed, EPOCHS, "_lr0.1", **{"optimizer.learning_rate": 0.1})
-        for seed in SEEDS
-        for dataset in ("mnist", "fashion_mnist")
-    ]
+    runs = []
     for rule, factors in PROBES.items():
         for factor in factors:
             lr = round(LEARNING_RATES[rule] * factor, 6)
             runs.append(
                 sweep_run(rule, "mnist", 0, EPOCHS, f"_lr{lr:g}", **{"optimizer.learning_rate": lr})
             )
+    runs += [
+        sweep_run("bp", dataset, seed, EPOCHS, "_lr0.1", **{"optimizer.learning_rate": 0.1})
+        for seed in SEEDS
+        for dataset in ("mnist", "fashion_mnist")
+    ]
     return runs
