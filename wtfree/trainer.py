@@ -19,9 +19,10 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
     if config.get("output_rule"):
         rules.get(config.output_rule)
     kwargs = dict(config.get("model_kwargs", {}))
-    if config.model in models.STOCK:  # wtfree.convert's options, from the config's values
-        kwargs["mirror_noise"] = config.get("mirror", {}).get("noise", "normal")
-        kwargs["alignment_input"] = config.get("alignment", {}).get("input", "activations")
+    if config.model in models.STOCK:
+        # wtfree.convert's options, from the config's values: each kind reads its section.
+        for kind in kinds.registered():
+            kwargs.update(kind.convert_options(config))
     dtype = jnp.dtype(config.get("dtype", "float32"))
     return models.get(config.model)(
         num_classes=num_classes,

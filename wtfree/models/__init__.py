@@ -5,6 +5,7 @@ Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=.
 Flax layers only (``STOCK``) is built without it and given the rule by ``wtfree.convert``.
 """
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -38,23 +39,27 @@ def check_rule(name: str, rule: str, output_rule: str | None = None) -> None:
         raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
 
 
+# ``wtfree.Options``' fields that ``build_stock`` passes to convert rather than to the model
+# (``mirror_noise``, ``alignment_input``, ...: what ``kinds.Kind.convert_options`` gives).
+_CONVERT_OPTIONS = frozenset(f.name for f in dataclasses.fields(Options)) - {"rule", "output_rule"}
+
+
 def build_stock(
     model_cls: type[nn.Module],
     *,
     num_classes: int,
     rule: str = "bp",
     output_rule: str | None = None,
-    mirror_noise: str = "normal",
-    alignment_input: str = "activations",
     **kwargs,
 ) -> nn.Module:
     """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass: as it is
-    under bp, else through ``wtfree.convert`` (a layer named ``output`` takes ``output_rule``;
-    ``mirror_noise`` and ``alignment_input`` are convert's options of those names)."""
+    under bp, else through ``wtfree.convert`` (a layer named ``output`` takes ``output_rule``).
+    Keywords named as convert's options (``wtfree.Options``: ``mirror_noise``,
+    ``alignment_input``, ...) go to convert, the others to ``model_cls``."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONVERT_OPTIONS}
     model = model_cls(num_classes=num_classes, **kwargs)
     if rule == "bp" and output_rule in (None, "", "bp"):
         return model
-    options = dict(mirror_noise=mirror_noise, alignment_input=alignment_input)
     return convert(model, rule, output_rule=output_rule or None, **options)
 
 
