@@ -50,6 +50,9 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int, trained_feedb
         weight_decay=opt.weight_decay,
         alignment_scale=config.get("alignment", {}).get("learning_rate_scale", 1.0),
         alignment_momentum=_alignment_momentum(config),
+        # None (unset): the kernels; a resumed workdir's recorded mask is set in its place
+        # (workdir.keep_recorded_defaults).
+        weight_decay_mask=opt.get("weight_decay_mask") or "kernels",
     )
     return tx, schedule
 
