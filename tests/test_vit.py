@@ -156,9 +156,11 @@ def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
     converted = models.get("vit")(num_classes=10, rule="fa", output_rule="bp", patch_size=7)
     assert isinstance(converted, wtfree.Converted) and converted.model == model
     assert converted.options.rule == "fa" and converted.options.output_rule == "bp"
-    for rule in ("dfa", "dfa_block"):
-        with pytest.raises(ValueError, match=f"^rule='{rule}' with model='vit'; allowed: any"):
-            models.check_rule("vit", rule)
+    models.check_rule("vit", "dfa")  # train.py's step gives it the output error
+    direct = models.get("vit")(num_classes=10, rule="dfa", patch_size=7)
+    assert direct.options.outputs == 10  # each layer's B maps the 10 outputs' error
+    with pytest.raises(ValueError, match="^model='vit' .*'dfa_block': a converted model has no"):
+        models.check_rule("vit", "dfa_block")
 
 
 def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:
@@ -221,6 +223,30 @@ def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule,
         assert "align/delta_angle/embedding" in record  # the error it receives is measured
     if rule == "sa":
         assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
+
+
+def test_the_config_trains_under_dfa(tmp_path):
+    """dfa through train.py: the step's first pass gives the output error, which reaches every
+    converted layer through its own B (tests/test_linen.py checks e B_l in closed form on the
+    same step). Every layer's B is a direct one (outputs x the units of its input); the error
+    each attention projection receives is measured and differs from backprop's."""
+    final, records = _train(tmp_path, "dfa")
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    logged = [r for r in records if "align/delta_angle/block_0/attention/query" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4]
+    for record in logged:
+        for layer in [*ATTENTION, "block_0/mlp/dense_0", "block_0/mlp/dense_1"]:
+            assert 1.0 < record[f"align/delta_angle/{layer}"] < 179.0, (layer, record)
+        assert not any(k.startswith("align/weight_angle/") for k in record)  # no B shaped as W
+    config = fashion_mnist_vit.get_config("rule=dfa,runlocal=True")
+    config.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
+    model = trainer.make_model(config, 10)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    direct = traverse_util.flatten_dict(variables["feedback"])
+    assert {path[-1] for path in direct} == {wtfree.linen.DIRECT_KERNEL}
+    assert direct["block_0", "attention", "query", wtfree.linen.DIRECT_KERNEL].shape == (10, 17 * 8)
+    assert ("embedding", wtfree.linen.DIRECT_KERNEL) not in direct  # it reads the image
 
 
 def test_the_config_gives_convert_its_noise_options_as_values():

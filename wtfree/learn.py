@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from wtfree import kinds, layers, optim, rules
+from wtfree import kinds, layers, optim
 from wtfree.kinds.loss import Alignment, alignment_loss
 from wtfree.kinds.mirror import Mirror, mirror_step
 from wtfree.linen import ALIGNMENT_RNG, Converted
@@ -122,8 +122,7 @@ def make_train_step(
     """
     apply_kwargs = dict(apply_kwargs or {})
     used = [kinds.get(name) for name in sorted(model.options.kinds())]
-    names = {model.options.rule, model.options.output_rule or model.options.rule}
-    direct = any(rules.get(name).direct for name in names)
+    direct = model.options.needs_output_error()
     mutable = [c for kind in used for c in kind.mutable]
     given = {"mirror": mirror, "alignment": alignment, **settings}
     known = {k.settings_name for k in kinds.registered() if k.settings_name}
