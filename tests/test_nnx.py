@@ -168,6 +168,15 @@ def test_mirror_step_is_the_hebbian_closed_form(per_layer_batch):
     np.testing.assert_array_equal(model.output.feedback_kernel[...], b_output)
 
 
+def test_mirror_step_leaves_a_model_without_wm_layers_alone():
+    model = wtfree.nnx.convert(Mlp(nnx.Rngs(0)), "fa", is_input=_is_input)
+    before = [model.hidden.feedback_kernel[...], model.output.feedback_kernel[...]]
+    wtfree.nnx.mirror_step(model, (jnp.ones((4, 5)),), jax.random.key(0))
+    after = [model.hidden.feedback_kernel[...], model.output.feedback_kernel[...]]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def _linen_twin(model, rule):
     """test_learn's linen Mlp converted by ``rule``, holding ``model``'s W and B."""
     import flax.linen as nn

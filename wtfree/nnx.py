@@ -297,6 +297,12 @@ def mirror_step(model: nnx.Module, inputs: tuple, rng: Array, mirror: Mirror | N
       NeurIPS 2019, eqs. 6-11.
     """
     mirror = mirror or Mirror()
+    converted = _converted_layers(model)
+    if not any(
+        isinstance(getattr(m, "feedback_kernel", None), MirroredFeedback)
+        for m in converted.values()
+    ):
+        return  # no wm layer: nothing to mirror, and no pass to run
     n = jax.tree.leaves(inputs)[0].shape[0]
 
     def apply():
@@ -308,7 +314,6 @@ def mirror_step(model: nnx.Module, inputs: tuple, rng: Array, mirror: Mirror | N
     rate = mirror.learning_rate
     if rate is None:
         rate = mirror.decay / (n * mirror.noise_std**2)
-    converted = _converted_layers(model)
     for path, sown in hebbian.items():
         layer = converted[path]
         layer.feedback_kernel[...] = rules.apply_hebbian(
