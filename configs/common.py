@@ -43,6 +43,10 @@ def base_config(
     config.optimizer.momentum = 0.0
     config.optimizer.nesterov = False
     config.optimizer.weight_decay = 0.0
+    # The leaves weight decay applies to (wtfree.optim.DECAY_MASKS): None, the kernels (W and a
+    # trained B), or on a resumed workdir the mask it recorded; "rank": every leaf of rank >= 2,
+    # which runs started before 2026-12-04 10:33 UTC (commit db475b5) used.
+    config.optimizer.weight_decay_mask = placeholder(str)
     config.optimizer.schedule = "constant"
     config.optimizer.warmup_epochs = 0.0
     config.optimizer.boundaries = ()

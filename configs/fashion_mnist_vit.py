@@ -5,12 +5,13 @@ r"""A small Vision Transformer on Fashion-MNIST (or MNIST), written with stock F
     python train.py --config=configs/fashion_mnist_vit.py:rule=kp,runlocal=True \
         --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=runs/vit/local_kp
 
-`rule` is any of wtfree.rules.names() but dfa and dfa_block (refused in one line: convert's
-dfa needs a first pass for the output error, which train.py's step does not make); under bp
-the model runs as it is, under any other rule through ``wtfree.convert``
-(wtfree.models.build_stock). `dataset` is fashion_mnist (TFDS, or the IDX files of Debian's
-dataset-fashion-mnist through `--config.idx_dir`) or mnist (the offline copy);
-`runlocal=True` trains 20 steps of batch 32, for a quick look.
+`rule` is any of wtfree.rules.names() but dfa_block (refused in one line: a converted model
+has no residual blocks) and the settling rules; under bp the model runs as it is, under any
+other rule through ``wtfree.convert`` (wtfree.models.build_stock; under dfa the train step
+first computes the output error, which each layer gets through its own B). `dataset` is
+fashion_mnist (TFDS, or the IDX files of Debian's dataset-fashion-mnist through
+`--config.idx_dir`) or mnist (the offline copy); `runlocal=True` trains 20 steps of batch 32,
+for a quick look.
 
 The net (wtfree/models/vit.py): 4x4 patches of 7x7 pixels embedded to 64 by one strided conv,
 a class token, learned position embeddings (17 tokens), 4 pre-LN blocks of 4-head

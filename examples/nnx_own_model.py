@@ -1,7 +1,11 @@
 r"""Train your own NNX model by a learning rule: a stock MLP converted by ``wtfree.nnx.convert``.
 
     python examples/nnx_own_model.py              # fa, 200 steps, about 10 s on 2 CPU cores
-    python examples/nnx_own_model.py kp 100       # bp, fa, usf, frsf, brsf, kp or shallow
+    python examples/nnx_own_model.py kp 100       # any rule but dfa, dfa_block and settling rules
+    python examples/nnx_own_model.py sa 100       # an alignment rule: B trained by its loss
+
+One train step serves every rule: the weight mirror's step (it moves wm's B, and does nothing
+for other rules) and the alignment losses added to the task loss (none for other rules).
 
 The data are synthetic (64-dimensional inputs labelled by a fixed random teacher), so the
 example runs anywhere in seconds; pass your own arrays to ``main``.
@@ -9,6 +13,7 @@ example runs anywhere in seconds; pass your own arrays to ``main``.
 
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -41,18 +46,22 @@ def main(rule: str = "fa", steps: int = 200, inputs=None, labels=None) -> float:
     if inputs is None:
         inputs, labels = synthetic_data()
     model = wtfree.nnx.convert(MLP(nnx.Rngs(0)), rule, rngs=1)
-    wrt = wtfree.nnx.trainable(model)  # W, and B where the rule trains it with W (kp)
+    wrt = wtfree.nnx.trainable(model)  # W, and B where the optimizer trains it (kp, sa, ...)
     optimizer = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=wrt)
 
-    def loss_fn(model, x, y):
+    def task_loss(model, x, y):
         logits = model(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    # sa, aa, ia, wm_reg: B's alignment loss is added; the task loss gives B nothing.
+    loss_fn = wtfree.nnx.with_alignment_loss(task_loss, wtfree.Alignment())
+
     @nnx.jit
-    def train_step(model, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, x, y)
+    def train_step(model, optimizer, x, y, rng):
+        wtfree.nnx.mirror_step(model, (x,), rng, wtfree.Mirror())  # wm: B moves in place
+        grads = nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model, x, y)
         optimizer.update(model, grads)
-        return loss
+        return task_loss(model, x, y)
 
     def accuracy():
         return float(jnp.mean(jnp.argmax(model(inputs), -1) == labels))
@@ -60,7 +69,7 @@ def main(rule: str = "fa", steps: int = 200, inputs=None, labels=None) -> float:
     print(f"{rule}: accuracy {accuracy():.3f} before training")
     for step in range(steps):
         idx = np.random.default_rng(step).choice(len(inputs), 64, replace=False)
-        loss = train_step(model, optimizer, inputs[idx], labels[idx])
+        loss = train_step(model, optimizer, inputs[idx], labels[idx], jax.random.key(step))
     final = accuracy()
     print(f"{rule}: accuracy {final:.3f} after {steps} steps, loss {float(loss):.3f}")
     return final

@@ -65,9 +65,9 @@ def test_config_validates_and_builds_its_model_for_every_rule(name, rule):
         with pytest.raises(ValueError, match=f"^rule='{rule}' with model=.*allowed: mlp"):
             config_lib.validate(config)
         return
-    if config.model in models.STOCK and rules.get(rule).direct:
-        # train.py's step computes no output error first for a converted model's dfa.
-        with pytest.raises(ValueError, match=f"^rule='{rule}' with model=.*but dfa and dfa_"):
+    if config.model in models.STOCK and rules.get(rule).block_wise:
+        # A converted model has no residual blocks to route dfa_block's error between.
+        with pytest.raises(ValueError, match=f"^model=.*'{rule}': a converted model has no"):
             config_lib.validate(config)
         return
     if (name, rule) == ("imagenet_resnet50", "dfa"):

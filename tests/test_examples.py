@@ -16,7 +16,14 @@ def _load(name):
 
 
 @pytest.mark.parametrize(
-    "name, rule", [("linen_own_model", "kp"), ("linen_own_model", "wm"), ("nnx_own_model", "fa")]
+    "name, rule",
+    [
+        ("linen_own_model", "kp"),
+        ("linen_own_model", "wm"),
+        ("nnx_own_model", "fa"),
+        ("nnx_own_model", "wm"),
+        ("nnx_own_model", "sa"),
+    ],
 )
 def test_example_learns(name, rule):
     # Four classes: chance is about 0.25.

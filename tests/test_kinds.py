@@ -110,3 +110,85 @@ def test_a_step_extra_adds_its_loss_to_the_gradient_and_its_measurement():
     np.testing.assert_array_equal(
         extended["params"]["hidden_0"]["kernel"], plain["params"]["hidden_0"]["kernel"]
     )
+
+
+def test_a_new_kind_is_one_object_its_hooks_reach_layer_step_and_optimizer(monkeypatch):
+    """A kind defined here alone (no other file touched; registered by patching the registry,
+    as its one line there would) trains B through wtfree.make_train_step: its layers sow
+    |B|^2 (``sow``, reading its own keyword of apply_rule's settings), its ``loss`` is c times
+    their sum with c from the settings the step takes under ``settings_name`` (default from
+    ``default_settings``), and the optimizer moves B along that loss alone (``ALIGN``). One SGD
+    step of rate lr is then B (1 - 2 c lr) in closed form; W gets fa's update."""
+    import dataclasses
+
+    import flax.linen as nn
+    import optax
+
+    import wtfree
+
+    @dataclasses.dataclass(frozen=True)
+    class Shrink:
+        c: float = 0.5
+
+    def sow(call):
+        if call.sowing and call.module.is_mutable_collection("toy"):
+            value = call.settings.get("toy_scale", 1.0) * jnp.sum(jnp.square(call.b))
+            call.module.sow("toy", call.feedback_name, value, reduce_fn=layers.keep_last)
+
+    def loss(model, sown, settings):
+        del model
+        return settings.c * sum(jax.tree.leaves(sown.get("toy", {})))
+
+    toy = kinds.Kind(
+        "toy",
+        stores_feedback=True,
+        label=kinds.ALIGN,
+        sow=sow,
+        settings_name="shrink",
+        default_settings=Shrink,
+        mutable=("toy",),
+        loss=loss,
+    )
+    registry = kinds._registry()
+    monkeypatch.setattr(kinds, "_registry", lambda: {**registry, "toy": toy})
+    fa = rules.get("fa")
+    monkeypatch.setitem(
+        rules.RULES, "toy_fa", dataclasses.replace(fa, name="toy_fa", feedback="toy")
+    )
+
+    class Mlp(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(6, name="hidden")(x))
+            return nn.Dense(3, name="output")(x)
+
+    def mse(outputs, batch):
+        return jnp.mean(jnp.square(outputs - batch["y"]))
+
+    model = wtfree.convert(Mlp(), "toy_fa")
+    x = jax.random.normal(jax.random.key(0), (8, 5))
+    batch = {"image": x, "y": jnp.ones((8, 3))}
+    variables = model.init(jax.random.key(1), x)
+    lr = 0.1
+    tx = wtfree.optimizer(optax.sgd(lr), variables)
+    b0 = variables["feedback"]["output"][layers.FEEDBACK_KERNEL]
+    for settings, c in (({}, Shrink().c), ({"shrink": Shrink(2.0)}, 2.0)):
+        state = wtfree.init_train_state(variables, tx)
+        step = jax.jit(wtfree.make_train_step(model, tx, mse, **settings))
+        state, measurements = step(state, batch, jax.random.key(2))
+        b1 = state["variables"]["feedback"]["output"][layers.FEEDBACK_KERNEL]
+        np.testing.assert_allclose(b1, (1 - 2 * c * lr) * b0, rtol=1e-5, atol=1e-7)
+        expected = c * sum(
+            float(jnp.sum(jnp.square(f[layers.FEEDBACK_KERNEL])))
+            for f in variables["feedback"].values()
+        )
+        np.testing.assert_allclose(measurements["alignment_loss"], expected, rtol=1e-5)
+        # W still learns from the task loss (the hidden layer reads the input: bp, no B).
+        assert not np.allclose(
+            state["variables"]["params"]["hidden"]["kernel"],
+            variables["params"]["hidden"]["kernel"],
+        )
+    with pytest.raises(
+        ValueError, match="make_train_step got shrunk; allowed: alignment, mirror, shrink$"
+    ):
+        wtfree.make_train_step(model, tx, mse, shrunk=Shrink())

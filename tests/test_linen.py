@@ -276,3 +276,53 @@ def test_a_converted_model_trains_in_wtfrees_own_train_step():
         moved_b = new["feedback"][name][B] - state["feedback"][name][B]
         np.testing.assert_allclose(moved_b, moved_w, rtol=1e-6, atol=1e-7)
     assert np.isfinite(measurements["train/loss"])
+
+
+def test_dfa_in_wtfrees_own_train_step_sends_e_times_b_to_every_hidden_layer():
+    """train.py's step (steps.make_train_step) first computes e, the softmax cross-entropy's
+    gradient at the output, then every converted layer's input gets e B_l as its error: with
+    SGD of rate 1, each W moves by minus the closed form of test_learn's dfa test (hidden
+    errors e B_l times the activation's derivative), never an error through a W^T. The
+    measure step's errors are those too: the hidden layer's output gets (e B_output) * relu'."""
+    from wtfree import metrics, optim, steps
+
+    model = convert_lib.convert(
+        WithTrainFlag(), "dfa", outputs=3, is_input=lambda path: path[-1] == "input"
+    )
+    shape = (4, 2, 2, 1)
+    _, flags = steps.init_variables(model, jax.random.key(0), shape)
+    tx = optim.make_optimizer(1.0, flags)
+    state = steps.init_state(model, tx, jax.random.key(1), shape)
+    x = jax.random.normal(jax.random.key(2), shape)
+    labels = jnp.arange(4) % 3
+    new, measurements = jax.jit(steps.make_train_step(model, tx, "softmax_xent"))(
+        state, {"image": x, "label": labels}
+    )
+    assert np.isfinite(measurements["train/loss"])
+
+    p, fb, d = state["params"], state["feedback"], convert_lib.DIRECT_KERNEL
+    x0 = x.reshape(4, -1)
+    a1 = x0 @ p["input"]["kernel"] + p["input"]["bias"]
+    h1 = jax.nn.relu(a1)
+    a2 = h1 @ p["hidden"]["kernel"] + p["hidden"]["bias"]
+    h2 = jax.nn.relu(a2)
+    out = h2 @ p["output"]["kernel"] + p["output"]["bias"]
+    e = (jax.nn.softmax(out) - jax.nn.one_hot(labels, 3)) / 4  # mean cross-entropy's gradient
+    delta2 = (e @ fb["output"][d]) * (a2 > 0)  # the output layer's B, not its W^T
+    delta1 = (e @ fb["hidden"][d]) * (a1 > 0)
+    want = {"output": h2.T @ e, "hidden": h1.T @ delta2, "input": x0.T @ delta1}
+    for name, dw in want.items():
+        got = state["params"][name]["kernel"] - new["params"][name]["kernel"]
+        np.testing.assert_allclose(got, dw, rtol=1e-4, atol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, new["feedback"], state["feedback"])
+
+    # The measure step reads the same errors: at the hidden layer's output, delta2, whose
+    # angle to backprop's error there (through W_output^T) is measured.
+    measured = steps.make_measure_step(model, "softmax_xent")(state, {"image": x, "label": labels})
+    bp_delta2 = (e @ p["output"]["kernel"].T) * (a2 > 0)
+    np.testing.assert_allclose(
+        measured["align/delta_angle/hidden"],
+        metrics.angle(delta2, bp_delta2),
+        rtol=1e-4,
+        atol=1e-3,
+    )

@@ -1,6 +1,7 @@
 """wtfree.nnx.convert: a stock NNX model's Linear, LinearGeneral, Conv and Einsum under a rule."""
 
 import copy
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -110,5 +111,164 @@ def test_fa_b_is_not_trained_by_the_optimizer():
 
 
 def test_rules_it_cannot_take_are_refused_in_one_line():
-    with pytest.raises(ValueError, match="rule 'wm': wtfree.nnx offers"):
-        wtfree.nnx.convert(Net(nnx.Rngs(0)), "wm")
+    # dfa would otherwise run as bp: the layers learn locally and nothing routes the error.
+    for rule in ("dfa", "dfa_block", "ar"):
+        with pytest.raises(
+            ValueError, match=f"^rule '{rule}': wtfree.nnx offers bp, fa, usf, frsf, brsf, kp, wm, "
+        ):
+            wtfree.nnx.convert(Net(nnx.Rngs(0)), rule)
+
+
+class Mlp(nnx.Module):
+    """test_learn's Mlp, in NNX: the same layers, names and shapes."""
+
+    def __init__(self, rngs):
+        self.input = nnx.Linear(5, 6, rngs=rngs)
+        self.hidden = nnx.Linear(6, 6, rngs=rngs)
+        self.output = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.input(x))
+        x = nnx.relu(self.hidden(x))
+        return self.output(x)
+
+
+def _is_input(path):
+    return path[-1] == "input"
+
+
+@pytest.mark.parametrize("per_layer_batch", [False, True])
+def test_mirror_step_is_the_hebbian_closed_form(per_layer_batch):
+    """B' = (1 - lambda) B + eta sigma^2 z^T z W for dense, so with W square
+    G = (B' - (1 - lambda) B) W^-1 / (eta sigma^2) is z^T z: symmetric, positive semi-definite,
+    and with Rademacher noise its diagonal is the number of noise vectors, 8, exactly (per
+    layer: n_l vectors, scaled by 8 / n_l). A layer of another rule (fa at the output) and the
+    input layer (bp, no B) are not mirrored."""
+    model = wtfree.nnx.convert(
+        Mlp(nnx.Rngs(0)), "wm", output_rule="fa", is_input=_is_input, mirror_noise="rademacher"
+    )
+    assert isinstance(model.hidden.feedback_kernel, wtfree.nnx.MirroredFeedback)
+    assert not hasattr(model.input, "feedback_kernel")
+    w, b = model.hidden.kernel[...], model.hidden.feedback_kernel[...]
+    b_output = model.output.feedback_kernel[...]
+    x = jnp.zeros((8, 5))
+    mirror = wtfree.Mirror(learning_rate=0.1, decay=0.2, noise_std=0.5)
+    mirror = dataclasses.replace(mirror, per_layer_batch=per_layer_batch)
+
+    @nnx.jit
+    def step(model, x, rng):
+        wtfree.nnx.mirror_step(model, (x,), rng, mirror)
+
+    step(model, x, jax.random.key(3))
+    gram = (model.hidden.feedback_kernel[...] - 0.8 * b) @ np.linalg.inv(w) / (0.1 * 0.5**2)
+    np.testing.assert_allclose(gram, gram.T, rtol=1e-4, atol=1e-4)
+    assert np.linalg.eigvalsh((gram + gram.T) / 2).min() > -1e-4
+    np.testing.assert_allclose(np.diag(gram), 8.0, rtol=1e-4)
+    assert not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-2)  # noise, not the identity
+    np.testing.assert_array_equal(model.output.feedback_kernel[...], b_output)
+
+
+def test_mirror_step_leaves_a_model_without_wm_layers_alone():
+    model = wtfree.nnx.convert(Mlp(nnx.Rngs(0)), "fa", is_input=_is_input)
+    before = [model.hidden.feedback_kernel[...], model.output.feedback_kernel[...]]
+    wtfree.nnx.mirror_step(model, (jnp.ones((4, 5)),), jax.random.key(0))
+    after = [model.hidden.feedback_kernel[...], model.output.feedback_kernel[...]]
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def _linen_twin(model, rule):
+    """test_learn's linen Mlp converted by ``rule``, holding ``model``'s W and B."""
+    import flax.linen as nn
+
+    class LinenMlp(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(6, name="input")(x))
+            x = nn.relu(nn.Dense(6, name="hidden")(x))
+            return nn.Dense(3, name="output")(x)
+
+    converted = wtfree.convert(LinenMlp(), rule)
+    params = {
+        name: {"kernel": layer.kernel[...], "bias": layer.bias[...]}
+        for name, layer in (
+            ("input", model.input),
+            ("hidden", model.hidden),
+            ("output", model.output),
+        )
+    }
+    feedback = {
+        name: {wtfree.linen.FEEDBACK_KERNEL: layer.feedback_kernel[...]}
+        for name, layer in (("hidden", model.hidden), ("output", model.output))
+    }
+    return converted, {"params": params, "feedback": feedback}
+
+
+@pytest.mark.parametrize("rule", ["sa", "aa", "ia", "wm_reg"])
+def test_alignment_gradients_equal_the_linen_paths(rule):
+    """In one nnx.grad of the wrapped loss, B (AlignedFeedback) gets its alignment loss's
+    gradient, W the task loss's alone: both equal the linen path's (wtfree.alignment_loss's
+    gradient for B, jax.grad of the task loss for W) on the same weights."""
+    from wtfree import layers, learn
+
+    model = wtfree.nnx.convert(Mlp(nnx.Rngs(1)), rule, is_input=_is_input)
+    assert isinstance(model.output.feedback_kernel, wtfree.nnx.AlignedFeedback)
+    x = jax.random.normal(jax.random.key(2), (8, 5))
+    y = jax.random.normal(jax.random.key(3), (8, 3))
+    alignment = wtfree.Alignment(coefficients={rule: {"alpha": 0.3, "beta": 0.7, "gamma": 0.2}})
+
+    def task(model, x, y):
+        return jnp.mean(jnp.square(model(x) - y))
+
+    wrt = wtfree.nnx.trainable(model)
+    loss = wtfree.nnx.with_alignment_loss(task, alignment)
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(model, x, y)
+
+    linen_model, variables = _linen_twin(model, rule)
+
+    def linen_loss(trainable):
+        outputs, sown = linen_model.apply(
+            {**variables, **trainable}, x, mutable=[layers.ALIGNMENT_LOSS]
+        )
+        aligning = learn.alignment_loss(linen_model, sown, alignment)
+        return jnp.mean(jnp.square(outputs - y)) + aligning
+
+    want = jax.grad(linen_loss)({"params": variables["params"], "feedback": variables["feedback"]})
+    for name in ("hidden", "output"):
+        got_b = grads[name]["feedback_kernel"][...]
+        want_b = want["feedback"][name][wtfree.linen.FEEDBACK_KERNEL]
+        assert np.abs(want_b).max() > 1e-3  # the loss reaches B
+        np.testing.assert_allclose(got_b, want_b, rtol=1e-5, atol=1e-6)
+    for name in ("input", "hidden", "output"):
+        np.testing.assert_allclose(
+            grads[name]["kernel"][...], want["params"][name]["kernel"], rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("rule", ["wm", "sa", "ia"])
+def test_mirror_and_alignment_rules_train_with_nnx_optimizer(rule):
+    """The documented NNX step for wm and the alignment rules: the mirror step, then the
+    wrapped loss's gradient, then nnx.Optimizer; the task loss falls and B moves."""
+    model = wtfree.nnx.convert(Mlp(nnx.Rngs(4)), rule, is_input=_is_input)
+    x = jax.random.normal(jax.random.key(5), (16, 5))
+    y = jnp.tanh(x[:, :3])
+    wrt = wtfree.nnx.trainable(model)
+    optimizer = nnx.Optimizer(model, optax.sgd(0.05, momentum=0.9), wrt=wrt)
+
+    def task(model, x, y):
+        return jnp.mean(jnp.square(model(x) - y))
+
+    loss = wtfree.nnx.with_alignment_loss(task)
+
+    @nnx.jit
+    def step(model, optimizer, x, y, rng):
+        wtfree.nnx.mirror_step(model, (x,), rng)  # moves only wm's B
+        grads = nnx.grad(loss, argnums=nnx.DiffState(0, wrt))(model, x, y)
+        optimizer.update(model, grads)
+
+    b = model.output.feedback_kernel[...]
+    first = float(task(model, x, y))
+    for i in range(30):
+        step(model, optimizer, x, y, jax.random.key(i))
+    assert float(task(model, x, y)) < 0.7 * first
+    assert not np.allclose(model.output.feedback_kernel[...], b)

@@ -156,9 +156,11 @@ def test_the_registry_builds_it_plain_for_bp_and_converted_for_other_rules():
     converted = models.get("vit")(num_classes=10, rule="fa", output_rule="bp", patch_size=7)
     assert isinstance(converted, wtfree.Converted) and converted.model == model
     assert converted.options.rule == "fa" and converted.options.output_rule == "bp"
-    for rule in ("dfa", "dfa_block"):
-        with pytest.raises(ValueError, match=f"^rule='{rule}' with model='vit'; allowed: any"):
-            models.check_rule("vit", rule)
+    models.check_rule("vit", "dfa")  # train.py's step gives it the output error
+    direct = models.get("vit")(num_classes=10, rule="dfa", patch_size=7)
+    assert direct.options.outputs == 10  # each layer's B maps the 10 outputs' error
+    with pytest.raises(ValueError, match="^model='vit' .*'dfa_block': a converted model has no"):
+        models.check_rule("vit", "dfa_block")
 
 
 def _train(tmp_path, rule: str, **overrides) -> tuple[dict, list[dict]]:
@@ -223,6 +225,30 @@ def test_the_config_trains_under_a_rule_with_attention_converted(tmp_path, rule,
         assert all(math.isfinite(r["train/alignment_loss"]) for r in records if "train/loss" in r)
 
 
+def test_the_config_trains_under_dfa(tmp_path):
+    """dfa through train.py: the step's first pass gives the output error, which reaches every
+    converted layer through its own B (tests/test_linen.py checks e B_l in closed form on the
+    same step). Every layer's B is a direct one (outputs x the units of its input); the error
+    each attention projection receives is measured and differs from backprop's."""
+    final, records = _train(tmp_path, "dfa")
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    logged = [r for r in records if "align/delta_angle/block_0/attention/query" in r]
+    assert [r["step"] for r in logged] == [0, 2, 4]
+    for record in logged:
+        for layer in [*ATTENTION, "block_0/mlp/dense_0", "block_0/mlp/dense_1"]:
+            assert 1.0 < record[f"align/delta_angle/{layer}"] < 179.0, (layer, record)
+        assert not any(k.startswith("align/weight_angle/") for k in record)  # no B shaped as W
+    config = fashion_mnist_vit.get_config("rule=dfa,runlocal=True")
+    config.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
+    model = trainer.make_model(config, 10)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    direct = traverse_util.flatten_dict(variables["feedback"])
+    assert {path[-1] for path in direct} == {wtfree.linen.DIRECT_KERNEL}
+    assert direct["block_0", "attention", "query", wtfree.linen.DIRECT_KERNEL].shape == (10, 17 * 8)
+    assert ("embedding", wtfree.linen.DIRECT_KERNEL) not in direct  # it reads the image
+
+
 def test_the_config_gives_convert_its_noise_options_as_values():
     config = fashion_mnist_vit.get_config("rule=wm")
     config.mirror.noise = "uniform"
@@ -257,3 +283,97 @@ def test_weight_decay_reaches_the_kernels_only():
         ("feedback", *p[:-1], wtfree.linen.FEEDBACK_KERNEL)
         for p in traverse_util.flatten_dict(variables["trained_feedback"])
     } and len(kernels) == 2 * (2 + 6 * TINY["depth"]) - 1  # the input layer has no B
+
+
+def test_the_rank_mask_decays_every_leaf_of_rank_two_or_more():
+    """optimizer.weight_decay_mask=rank is the mask before the kernels-only one: with a zero
+    gradient, -eta*lambda*leaf at every leaf of rank >= 2 (the kernels, and the ViT's attention
+    biases, class token and position embeddings), 0 at the rest."""
+    model = wtfree.convert(vit.Model(**TINY), "kp")
+    variables = _init(model, (1, 8, 8, 1))
+    eta, decay = 0.5, 0.1
+    tx = optim.make_optimizer(
+        eta, variables["trained_feedback"], weight_decay=decay, weight_decay_mask="rank"
+    )
+    trainable = {k: variables[k] for k in ("params", "feedback")}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, trainable), tx.init(trainable), trainable)
+    flat, moved = traverse_util.flatten_dict(trainable), traverse_util.flatten_dict(updates)
+    for path, leaf in flat.items():
+        want = -eta * decay * leaf if leaf.ndim >= 2 else jnp.zeros_like(leaf)
+        np.testing.assert_allclose(moved[path], want, rtol=1e-6, err_msg="/".join(path))
+    decayed = {path[-1] for path, leaf in flat.items() if leaf.ndim >= 2}
+    assert {"bias", "cls", "position_embedding"} <= decayed
+
+
+def test_a_vit_workdir_recorded_before_the_decay_mask_key_asks_for_it(tmp_path):
+    """A ViT workdir whose config.json predates optimizer.weight_decay_mask may have decayed
+    every leaf of rank >= 2 or the kernels only: resumed with the key unset it stops in one line
+    before touching the workdir; resumed with the mask it began with it ends bit-identical to an
+    uninterrupted run with that mask, which it records, so a later resume keeps it unasked."""
+    from wtfree import checkpoints, errors
+    from wtfree import workdir as workdir_lib
+
+    def config(steps, mask):
+        c = fashion_mnist_vit.get_config("rule=bp,runlocal=True")
+        c.model_kwargs.update(dict(width=8, depth=1, num_heads=2, mlp_dim=16))
+        c.optimizer.weight_decay = 0.1  # large enough that the masks' difference shows
+        c.optimizer.weight_decay_mask = mask
+        c.num_train_steps, c.log_every_steps, c.eval_batch_size = steps, 2, 64
+        c.num_devices = 1
+        return c
+
+    old, whole = tmp_path / "old", tmp_path / "whole"
+    with fake_data.synthetic_images(num_examples=128):
+        loop.train_and_evaluate(config(2, "rank"), old)
+        recorded = json.loads((old / workdir_lib.CONFIG).read_text())
+        del recorded["optimizer"]["weight_decay_mask"]  # as recorded before the key existed
+        (old / workdir_lib.CONFIG).write_text(json.dumps(recorded))
+        before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file() and p.name != "lock"}
+        with pytest.raises(errors.RunError) as info:
+            loop.train_and_evaluate(config(4, None), old)
+        assert "\n" not in str(info.value)
+        assert "pass --config.optimizer.weight_decay_mask=rank if the run began before" in str(
+            info.value
+        )
+        after = {p: p.read_bytes() for p in old.rglob("*") if p.is_file() and p.name != "lock"}
+        assert after == before
+
+        loop.train_and_evaluate(config(4, "rank"), old)
+        loop.train_and_evaluate(config(4, "rank"), whole)
+        t = trainer.Trainer(config(4, "rank"))
+    states = []
+    for path in (old, whole):
+        with checkpoints.make_manager(path) as manager:
+            states.append(jax.device_get(checkpoints.restore(manager, t.abstract_state)))
+    assert int(states[0]["step"]) == 4
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Recorded now: a resume with the key unset goes on with "rank".
+    assert (
+        json.loads((old / workdir_lib.CONFIG).read_text())["optimizer"]["weight_decay_mask"]
+        == "rank"
+    )
+    unset = config(6, None)
+    kept = workdir_lib.keep_recorded_defaults(unset, old)
+    assert unset.optimizer.weight_decay_mask == "rank"
+    assert kept == {"optimizer.weight_decay_mask": (None, "rank")}
+    assert workdir_lib.check_config(unset, old) == {"num_train_steps": (4, 6)}
+
+
+def test_a_workdir_whose_model_decays_alike_under_both_masks_resumes_unasked(tmp_path):
+    """The MLP's masks agree (no leaf of rank >= 2 but its kernels): a workdir recorded before
+    the key resumes without it."""
+    from tests.test_train import tiny_config
+    from wtfree import workdir as workdir_lib
+
+    config = tiny_config("kp")
+    recorded = workdir_lib.as_json(config)
+    del recorded["optimizer"]["weight_decay_mask"]
+    (tmp_path / workdir_lib.CONFIG).write_text(json.dumps(recorded))
+    model = trainer.make_model(config, 10)
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))["params"]
+    workdir_lib.check_decay_mask(config, tmp_path, params)  # no error
+    assert workdir_lib.check_config(config, tmp_path) == {}
+    vit_params = jax.eval_shape(vit.Model(**TINY).init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    with pytest.raises(Exception, match="recorded before optimizer.weight_decay_mask existed"):
+        workdir_lib.check_decay_mask(config, tmp_path, vit_params["params"])

@@ -60,6 +60,11 @@ RANGES = (
     ("optimizer.learning_rate", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("optimizer.momentum", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    (
+        "optimizer.weight_decay_mask",
+        lambda v: v is None or v in optim.DECAY_MASKS,
+        f"None (kernels, or what a resumed workdir recorded), {', '.join(optim.DECAY_MASKS)}",
+    ),
     ("optimizer.warmup_epochs", lambda v: _number(v) and v >= 0, "a number >= 0"),
     (
         "optimizer.boundaries",

@@ -125,20 +125,18 @@ def apply_rule(
     std: float,
     input_layer: bool = False,
     feedback_name: str = FEEDBACK_KERNEL,
-    mirror_noise: str | None = None,
-    mirror_rng: str = MIRROR_RNG,
-    alignment_input: str = "activations",
-    alignment_rng: str | None = None,
     dtype=None,
     sow_at_init: bool = True,
+    **settings,
 ) -> Array:
     r"""``f(x, W)`` computed by ``rule`` inside ``module``: the one path every layer takes.
 
     It keeps B (``FEEDBACK/feedback_name``, made by ``init_feedback()`` at init) for rules that
     store it, and, as the collections asked for are mutable, sows what the step and the
-    optimizer read: which B the optimizer trains (``TRAINED_FEEDBACK``, at init), the mirror
-    mode's Hebbian product (``MIRROR``, when ``mirror_noise`` is given), the alignment loss's
-    primitives (``ALIGNMENT_LOSS``) and B's angle to W (``ALIGNMENT``).
+    optimizer read: which B the optimizer trains (``TRAINED_FEEDBACK``, at init), what the
+    rule's kind sows for its step (``kinds.Kind.sow``: the mirror mode's Hebbian product in
+    ``MIRROR``, when ``mirror_noise`` is given; the alignment loss's primitives in
+    ``ALIGNMENT_LOSS``) and B's angle to W (``ALIGNMENT``).
 
     Args:
       module: the bound layer the variables belong to.
@@ -151,12 +149,14 @@ def apply_rule(
       input_layer: the layer reads the network's input: its B sends no error anywhere, so it is
         not mirrored and not measured and has no alignment loss.
       feedback_name: B's leaf name in ``FEEDBACK`` (and of what is sown for it).
-      mirror_noise: in a mirror apply, the noise's distribution (``rules.MIRROR_NOISES``).
-      mirror_rng: the stream the mirror noise is drawn from.
-      alignment_input: ``activations`` or a noise distribution (``ALIGNMENT_NOISE_RNGS``).
-      alignment_rng: the stream alignment noise is drawn from (default: the distribution's).
       dtype: the computation dtype (None: promote x, W and B).
       sow_at_init: whether an init sows the measurements and the alignment loss too.
+      **settings: what the kinds' ``sow`` hooks read (``kinds.LayerCall.settings``):
+        ``mirror_noise``, in a mirror apply the noise's distribution (``rules.MIRROR_NOISES``),
+        and ``mirror_rng``, the stream it is drawn from (default ``MIRROR_RNG``);
+        ``alignment_input``, ``activations`` (the default) or a noise distribution
+        (``ALIGNMENT_NOISE_RNGS``), and ``alignment_rng``, the stream alignment noise is drawn
+        from (default: the distribution's).
 
     Returns:
       ``f(x, W)``, without bias.
@@ -166,33 +166,22 @@ def apply_rule(
         b = module.variable(FEEDBACK, feedback_name, init_feedback).value
         # What the optimizer does with B (wtfree.optim reads these flags).
         if module.is_initializing() and kind.label == kinds.TRAIN:
-            module.sow(TRAINED_FEEDBACK, BY_GRADIENT, jnp.ones((), bool), reduce_fn=_keep_last)
+            module.sow(TRAINED_FEEDBACK, BY_GRADIENT, jnp.ones((), bool), reduce_fn=keep_last)
         if module.is_initializing() and kind.label == kinds.ALIGN and not input_layer:
             flag = jnp.ones((), bool)
-            module.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=_keep_last)
+            module.sow(TRAINED_FEEDBACK, BY_ALIGNMENT_LOSS, flag, reduce_fn=keep_last)
     else:
         b = jnp.asarray(std, w.dtype)
 
     sowing = sow_at_init or not module.is_initializing()
-    if mirror_noise is not None and not input_layer and rule.feedback == rules.MIRROR:
-        h = _mirror_hebbian(f, x, w, module.make_rng(mirror_rng), mirror_noise)
-        module.sow(MIRROR, feedback_name, h, reduce_fn=_keep_last)
-    aligned = rule.alignment is not None and not input_layer
-    if aligned and sowing and module.is_mutable_collection(ALIGNMENT_LOSS):
-        stream = alignment_rng or ALIGNMENT_NOISE_RNGS.get(alignment_input)
-        x_loss = _alignment_input(module, x, w.dtype, alignment_input, stream)
-        values = rules.alignment.primitives(f, x_loss, w, b, rule.alignment.primitives)
-        # Output positions (1 for dense), for the train step's per-position mean option.
-        x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
-        positions = math.prod(jax.eval_shape(f, x_spec, w).shape[1:-1])
-        values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
-        module.sow(ALIGNMENT_LOSS, rule.name, values, reduce_fn=_keep_last)
+    call = kinds.LayerCall(module, rule, f, x, w, b, input_layer, feedback_name, sowing, settings)
+    kind.sow(call)
     measured = not input_layer and rule.matrix is not None
     if module.is_mutable_collection(ALIGNMENT) and measured and sowing:
         matrix = rule.matrix(w, b)
-        module.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=_keep_last)
+        module.sow(ALIGNMENT, "weight_angle", metrics.angle(matrix, w), reduce_fn=keep_last)
         norm_ratio = jnp.linalg.norm(matrix) / jnp.linalg.norm(w)
-        module.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=_keep_last)
+        module.sow(ALIGNMENT, "norm_ratio", norm_ratio, reduce_fn=keep_last)
 
     x, w, b = nn.dtypes.promote_dtype(x, w, b, dtype=dtype)
     rng = None
@@ -246,20 +235,8 @@ def _mirror_hebbian(f, x: Array, w: Array, rng: Array, noise: str) -> Array:
     return h if n_layer == n else h * (n / n_layer)
 
 
-def _alignment_input(module: nn.Module, x: Array, dtype, source: str, stream: str | None):
-    """The alignment loss's input: unit-variance noise of distribution ``source`` drawn from
-    ``stream``, or (``activations``) the layer's own input; gradient stopped either way."""
-    if source == "normal":
-        return jax.random.normal(module.make_rng(stream), x.shape, dtype)
-    if source == "uniform":
-        half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
-        return jax.random.uniform(module.make_rng(stream), x.shape, dtype, -half_width, half_width)
-    if source != "activations":
-        raise ValueError(f"alignment input {source!r}; allowed: {', '.join(ALIGNMENT_INPUTS)}")
-    return lax.stop_gradient(x).astype(dtype)
-
-
-def _keep_last(previous, value):
+def keep_last(previous, value):
+    """A ``reduce_fn`` for ``sow``: the last value sown replaces any before it."""
     del previous
     return value
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
-from wtfree import kinds, layers, optim, rules
+from wtfree import kinds, layers, optim
 from wtfree.kinds.loss import Alignment, alignment_loss
 from wtfree.kinds.mirror import Mirror, mirror_step
 from wtfree.linen import ALIGNMENT_RNG, Converted
@@ -87,6 +87,7 @@ def make_train_step(
     mirror: Mirror | None = None,
     alignment: Alignment | None = None,
     apply_kwargs: dict | None = None,
+    **settings: Any,
 ) -> Callable:
     """Returns ``train_step(state, batch, rng) -> (state, measurements)``, pure and jittable.
 
@@ -108,6 +109,12 @@ def make_train_step(
         None: ``Alignment()``).
       apply_kwargs: keyword arguments of every ``model.apply`` of the step, e.g.
         ``{"train": True}`` for a model whose batch norm or dropout reads such a flag.
+      **settings: the settings of any other kind, under its ``kinds.Kind.settings_name``
+        (``mirror`` and ``alignment`` are these for the weight mirror's and the alignment
+        losses' kinds); a kind given none uses its ``default_settings()``.
+
+    Raises:
+      ValueError: a keyword in ``settings`` that no kind takes (one line).
 
     A model with batch norm keeps its ``batch_stats`` in ``state["variables"]``
     (:func:`init_train_state` keeps them); the step updates them as the model's apply does in
@@ -115,17 +122,24 @@ def make_train_step(
     """
     apply_kwargs = dict(apply_kwargs or {})
     used = [kinds.get(name) for name in sorted(model.options.kinds())]
-    names = {model.options.rule, model.options.output_rule or model.options.rule}
-    direct = any(rules.get(name).direct for name in names)
+    direct = model.options.needs_output_error()
     mutable = [c for kind in used for c in kind.mutable]
-    settings = {"mirror": mirror or Mirror(), "loss": alignment or Alignment()}
+    given = {"mirror": mirror, "alignment": alignment, **settings}
+    known = {k.settings_name for k in kinds.registered() if k.settings_name}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"make_train_step got {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
+    # Each used kind's settings, in the order of ``used``.
+    chosen = [_settings(kind, given) for kind in used]
 
     def train_step(state, batch, rng):
         variables = dict(state["variables"])
         rng_before, rng_feedback, rng_alignment = jax.random.split(rng, 3)
-        for kind in used:
+        for kind, kind_settings in zip(used, chosen, strict=True):
             variables = kind.before_step(
-                model, variables, inputs(batch), rng_before, settings.get(kind.name), state["step"]
+                model, variables, inputs(batch), rng_before, kind_settings, state["step"]
             )
         trainable = {"params": variables["params"], "feedback": variables.get("feedback", {})}
         stats = [BATCH_STATS] if BATCH_STATS in variables else []
@@ -146,7 +160,10 @@ def make_train_step(
                 **kwargs,
             )
             task = loss_fn(outputs, batch)
-            aligning = sum(kind.loss(model, sown, settings.get(kind.name)) for kind in used)
+            aligning = sum(
+                kind.loss(model, sown, kind_settings)
+                for kind, kind_settings in zip(used, chosen, strict=True)
+            )
             updated = {c: sown[c] for c in stats}
             return task + aligning, ({"loss": task, "alignment_loss": aligning}, updated)
 
@@ -159,6 +176,15 @@ def make_train_step(
         return new_state, measurements
 
     return train_step
+
+
+def _settings(kind: kinds.Kind, given: Mapping[str, Any]) -> Any:
+    """The settings ``kind``'s hooks get: the user's, under the kind's keyword, or its
+    defaults (None for a kind without settings)."""
+    value = given.get(kind.settings_name) if kind.settings_name else None
+    if value is None and kind.default_settings is not None:
+        value = kind.default_settings()
+    return value
 
 
 def init_train_state(variables: Variables, tx: optax.GradientTransformation) -> dict:

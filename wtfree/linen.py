@@ -125,6 +125,11 @@ class Options:
             return self.output_rule or self.rule
         return self.rule
 
+    def needs_output_error(self) -> bool:
+        """Whether a train step must first compute the error at the output and pass it as
+        ``output_error`` (dfa: the hidden layers get it through their own B)."""
+        return any(rules.get(name).direct for name in {self.rule, self.output_rule or self.rule})
+
     def kinds(self) -> set[str]:
         """How the model's B learn (``rules.Rule.feedback``)."""
         return rules.feedback_kinds(self.rule, self.output_rule)
@@ -186,9 +191,9 @@ def _intercept(options: Options, inputs: Sequence[Array], error, next_fun, args,
     is_input = options.is_input(path) or any(x is a for a in inputs)
     name = "bp" if is_input else options.rule_at(path)
     if rules.get(name).direct:
-        # DFA: W learns locally (bp for W); x's error is e B, nothing through W.
+        # DFA: x's error is e B, nothing through W. The rule's own op is backprop's (W learns
+        # locally) and it stores no B shaped like W, so no angle of W to itself is measured.
         args = (_direct_input(module, options, x, error), *args[1:])
-        name = "bp"
     if own:
         fields = {"rule": name, "feedback_scale": options.feedback_scale, "input_layer": is_input}
         with _swapped(module, **fields):

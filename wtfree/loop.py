@@ -34,6 +34,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.PathLik
     writer = manager = preemption = state = None
     try:
         trainer = Trainer(config)
+        # Every process reads config.json, so all stop together; before it is rewritten.
+        workdir_lib.check_decay_mask(config, workdir, trainer.abstract_state["params"])
         is_main = jax.process_index() == 0
         if is_main:
             workdir_lib.record_config(config, workdir, changes)

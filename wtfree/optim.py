@@ -70,6 +70,17 @@ def decay_mask(tree: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decayed, tree)
 
 
+def rank_decay_mask(tree: Any) -> Any:
+    """True at every leaf of rank 2 or more: the mask before ``decay_mask`` (commit db475b5).
+    It decays the same leaves as ``decay_mask`` in every wtfree model but the ViT, whose
+    attention biases (2-D per head), class token and position embeddings it decays too."""
+    return jax.tree.map(lambda x: x.ndim > 1, tree)
+
+
+# ``config.optimizer.weight_decay_mask``: which leaves weight decay applies to.
+DECAY_MASKS = {"kernels": decay_mask, "rank": rank_decay_mask}
+
+
 def make_optimizer(
     learning_rate: float | optax.Schedule,
     trained_feedback: Any,
@@ -79,6 +90,7 @@ def make_optimizer(
     weight_decay: float = 0.0,
     alignment_scale: float = 1.0,
     alignment_momentum: float | None = None,
+    weight_decay_mask: str = "kernels",
 ) -> optax.GradientTransformation:
     r"""SGD with weight decay for W, the same for trained B, nothing for fixed B.
 
@@ -120,6 +132,9 @@ def make_optimizer(
         at :math:`\mu = 0.9` B lags a moving minimum by 20 steps or more; without momentum
         :math:`s\eta h = 1` puts B on it in one step (the authors' code has an
         ``alignment_optimizer`` of its own for B).
+      weight_decay_mask: the leaves :math:`\lambda` applies to (``DECAY_MASKS``):
+        ``kernels`` (:func:`decay_mask`) or ``rank`` (:func:`rank_decay_mask`, the mask runs
+        recorded before it kept).
 
     Returns:
       An optax transform for ``{"params": ..., "feedback": ...}``.
@@ -129,7 +144,7 @@ def make_optimizer(
       NeurIPS 2019 (matched weight decay for W and B).
     """
     train = optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=decay_mask),
+        optax.add_decayed_weights(weight_decay, mask=DECAY_MASKS[weight_decay_mask]),
         optax.sgd(learning_rate, momentum=momentum or None, nesterov=nesterov),
     )
 

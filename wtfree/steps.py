@@ -44,13 +44,30 @@ def _variables(state: State) -> dict:
     return {k: state[k] for k in STATE_COLLECTIONS if state[k]}
 
 
-def _apply(model, variables, x, train: bool, rngs=None, mutable=()):
+def _apply(model, variables, x, train: bool, rngs=None, mutable=(), **kwargs):
     """Applies the model; batch stats are updated in train mode when the model has them."""
     mutable = list(mutable)
     if train and "batch_stats" in variables:
         mutable.append("batch_stats")
-    out = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable or False)
+    out = model.apply(variables, x, train=train, rngs=rngs, mutable=mutable or False, **kwargs)
     return out if mutable else (out, {})
+
+
+def _needs_output_error(model) -> bool:
+    """A converted model under dfa (``linen.Options.needs_output_error``); wtfree's own models
+    route DFA's error themselves."""
+    return isinstance(model, Converted) and model.options.needs_output_error()
+
+
+def _output_error(model, variables, x, rngs, loss) -> dict:
+    """For a converted dfa model, ``{"output_error": e}``: a first forward pass (train mode;
+    its batch statistics are dropped) and e, the task loss's gradient at the output, which the
+    model's layers send to their inputs through their own B (``wtfree.convert``); ``{}`` for
+    any other model. ``loss(logits) -> scalar``."""
+    if not _needs_output_error(model):
+        return {}
+    logits, _ = _apply(model, variables, x, True, rngs)
+    return {"output_error": jax.grad(loss)(logits)}
 
 
 def _step_rngs(state: State) -> dict:
@@ -78,9 +95,16 @@ def make_train_step(model, tx, loss_name: str, *, extras: Sequence[kinds.StepExt
         return rngs
 
     def train_step(state: State, batch):
+        def task_loss(logits):
+            return loss_fn(logits.astype(jnp.float32), batch["label"]).mean()
+
+        # dfa on a converted model: the error at the output first (one more forward pass).
+        error = _output_error(model, _variables(state), batch["image"], rngs_for(state), task_loss)
+
         def loss(trainable):
             variables = {**_variables(state), **trainable}
-            logits, new = _apply(model, variables, batch["image"], True, rngs_for(state), mutable)
+            x, rngs = batch["image"], rngs_for(state)
+            logits, new = _apply(model, variables, x, True, rngs, mutable, **error)
             per_example = loss_fn(logits.astype(jnp.float32), batch["label"])
             task = per_example.mean()
             added = {extra.name: extra.loss(new) for extra in extras}
@@ -130,10 +154,16 @@ def make_measure_step(model, loss_name: str):
         ).get(layers.PERTURBATIONS, {})
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
+        def task_loss(logits):
+            return loss_fn(logits.astype(jnp.float32), batch["label"]).mean()
+
+        # dfa on a converted model: the errors its layers receive come from the output's.
+        error = _output_error(m, variables, x, _step_rngs(state), task_loss)
+
         def loss(perturbations):
             v = {**variables, layers.PERTURBATIONS: perturbations}
-            logits, _ = _apply(m, v, x, True, _step_rngs(state))
-            return loss_fn(logits.astype(jnp.float32), batch["label"]).mean()
+            logits, _ = _apply(m, v, x, True, _step_rngs(state), **error)
+            return task_loss(logits)
 
         return jax.grad(loss)(zeros)
 

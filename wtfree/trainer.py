@@ -19,9 +19,10 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
     if config.get("output_rule"):
         rules.get(config.output_rule)
     kwargs = dict(config.get("model_kwargs", {}))
-    if config.model in models.STOCK:  # wtfree.convert's options, from the config's values
-        kwargs["mirror_noise"] = config.get("mirror", {}).get("noise", "normal")
-        kwargs["alignment_input"] = config.get("alignment", {}).get("input", "activations")
+    if config.model in models.STOCK:
+        # wtfree.convert's options, from the config's values: each kind reads its section.
+        for kind in kinds.registered():
+            kwargs.update(kind.convert_options(config))
     dtype = jnp.dtype(config.get("dtype", "float32"))
     return models.get(config.model)(
         num_classes=num_classes,
@@ -49,6 +50,9 @@ def make_optimizer(config, steps_per_epoch: int, total_steps: int, trained_feedb
         weight_decay=opt.weight_decay,
         alignment_scale=config.get("alignment", {}).get("learning_rate_scale", 1.0),
         alignment_momentum=_alignment_momentum(config),
+        # None (unset): the kernels; a resumed workdir's recorded mask is set in its place
+        # (workdir.keep_recorded_defaults).
+        weight_decay_mask=opt.get("weight_decay_mask") or "kernels",
     )
     return tx, schedule
 

@@ -9,10 +9,11 @@ import time
 import uuid
 from typing import Any
 
+import jax
 import ml_collections
 from etils import epath
 
-from wtfree import errors, kinds, logs, paths, rules
+from wtfree import errors, kinds, logs, optim, paths, rules
 
 # Keys that may differ between the runs of one workdir: how long to train, how often to log,
 # evaluate and checkpoint, how many steps one call runs, how much of the test set to use, where
@@ -49,6 +50,8 @@ ADDED_KEYS = {
     "mirror.per_layer_batch": False,
     "alignment.momentum": -1.0,
     "alignment.*": ANY,
+    # Either mask may be the one an older run used (see check_decay_mask).
+    "optimizer.weight_decay_mask": ANY,
 }
 # Defaults that changed after runs were recorded: key -> (the old default, the new one). A workdir
 # recorded with the old default (or before the key existed, where ADDED_KEYS reads it as the old
@@ -59,6 +62,12 @@ CHANGED_DEFAULTS = {
     "mirror.noise": ("normal", "rademacher"),
     "mirror.per_layer_batch": (False, True),
 }
+# Keys whose unset value (None) stands for what the workdir recorded, else the default: a run
+# resumes with its own value without the flag being given again. The weight-decay mask changed
+# (commit db475b5, 2026-12-04 10:33 UTC: from every leaf of rank >= 2 to the kernels) before it
+# was a key, so a workdir recorded without it may have used either; check_decay_mask asks.
+UNSET_IS_RECORDED = ("optimizer.weight_decay_mask",)
+DECAY_MASK = "optimizer.weight_decay_mask"
 CONFIG = "config.json"
 CHANGES = "config_changes.jsonl"
 LOCK = "lock"
@@ -128,6 +137,16 @@ def keep_recorded_defaults(config: ml_collections.ConfigDict, workdir: epath.Pat
     except ValueError:
         return {}  # check_config says what is wrong with it
     kept = {}
+    for key in UNSET_IS_RECORDED:
+        *parents, last = key.split(".")
+        tree = config
+        for part in parents:
+            tree = tree.get(part) if tree is not None else None
+        if tree is None or tree.get(last) is not None or recorded.get(key) is None:
+            continue
+        tree[last] = recorded[key]
+        kept[key] = (None, recorded[key])
+        logs.say(f"{workdir} was recorded with {key}={recorded[key]!r}: resuming with it")
     for key, (old, new) in CHANGED_DEFAULTS.items():
         *parents, last = key.split(".")
         tree = config
@@ -144,6 +163,42 @@ def keep_recorded_defaults(config: ml_collections.ConfigDict, workdir: epath.Pat
                 f"a new workdir (or --config.init_from={workdir}) trains with {new!r}"
             )
     return kept
+
+
+def check_decay_mask(config: ml_collections.ConfigDict, workdir: epath.Path, params: Any) -> None:
+    """Stops a resumed run whose weight-decay mask is unknown and matters.
+
+    A workdir recorded before ``optimizer.weight_decay_mask`` existed trained with the mask of
+    every leaf of rank >= 2 (``rank``) if it began before commit db475b5 (2026-12-04 10:33
+    UTC), with the kernels' (``kernels``) after; nothing it holds says which. Where the two
+    masks decay the same leaves of ``params`` (every wtfree model but the ViT) either goes on
+    as it began; otherwise, unless the config names one, the run stops here in one line.
+
+    Args:
+      config: the run's config, after :func:`keep_recorded_defaults`.
+      workdir: the workdir.
+      params: the model's parameters (shapes suffice).
+
+    Raises:
+      errors.RunError: the mask is unknown and matters (one line naming both choices).
+    """
+    path = workdir / CONFIG
+    if not path.exists() or config.get("optimizer", {}).get("weight_decay_mask") is not None:
+        return
+    try:
+        recorded = _flat(json.loads(path.read_text()))
+    except ValueError:
+        return  # check_config said what is wrong with it
+    if DECAY_MASK in recorded:
+        return
+    masks = [jax.tree.leaves(mask(params)) for mask in optim.DECAY_MASKS.values()]
+    if all(m == masks[0] for m in masks):
+        return
+    raise errors.RunError(
+        f"{workdir} was recorded before {DECAY_MASK} existed, and its model's weight decay "
+        f"depends on it: pass --config.{DECAY_MASK}=rank if the run began before 2026-12-04 "
+        "10:33 UTC (commit db475b5: every parameter of rank >= 2 decayed), =kernels if after"
+    )
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:

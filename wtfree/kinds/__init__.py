@@ -6,9 +6,13 @@ its kind (``rules.Rule.feedback``).
 Where each hook is called:
 
 - ``wtfree.layers.apply_rule``: ``stores_feedback`` and ``label`` (which B the layer keeps and
-  what it sows for the optimizer).
+  what it sows for the optimizer), and ``sow`` (what the layer sows for the kind's step: the
+  mirror mode's Hebbian product, the alignment loss's primitives).
 - ``wtfree.learn.make_train_step`` (the library's step): ``before_step``, ``mutable``, ``loss``,
-  with the settings object the user passed for the kind.
+  with the settings object the user passed for the kind (the keyword ``settings_name``; absent:
+  ``default_settings()``).
+- ``wtfree.trainer.make_model``: ``convert_options`` (a converted model's options from the
+  kind's config section).
 - ``wtfree.trainer.Trainer`` (train.py's step, from a config): ``step_extra`` (what the kind adds
   to ``steps.make_train_step``: collections, random streams, a loss) and ``make_state_step``
   (a step on the whole train state after the train step, and before training: the weight
@@ -21,7 +25,7 @@ A hook a kind does not need keeps its default, which does nothing.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -56,12 +60,52 @@ def _zero(sown):
     return jnp.zeros((), jnp.float32)
 
 
+def _no_sow(call):
+    del call
+
+
+def _no_options(config):
+    del config
+    return {}
+
+
 def _no_extra(config):
     del config
 
 
 def _no_state_step(model, mesh, config, image_shape):
     del model, mesh, config, image_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+    """One call of a layer computed by a rule (``layers.apply_rule``), as a kind's ``sow`` sees it.
+
+    Attributes:
+      module: the bound linen module the layer's variables belong to.
+      rule: the layer's ``rules.Rule``.
+      f: the linear op, ``f(x, W) -> y``.
+      x: the layer's input.
+      w: W.
+      b: the stored B, or (a kind that stores none) W's init std.
+      input_layer: the layer reads the network's input: its B sends no error anywhere.
+      feedback_name: B's leaf name in ``feedback``, under which a kind sows what is B's.
+      sowing: whether this apply sows measurements and losses (False at an init that does not).
+      settings: the keywords ``apply_rule`` was given for the kinds (``mirror_noise``,
+        ``mirror_rng``: the mirror kind's; ``alignment_input``, ``alignment_rng``: the loss
+        kind's); each kind reads its own and owns their defaults.
+    """
+
+    module: Any
+    rule: Any
+    f: Callable
+    x: Any
+    w: Any
+    b: Any
+    input_layer: bool
+    feedback_name: str
+    sowing: bool
+    settings: Mapping[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +171,13 @@ class Kind:
       label: what the optimizer does with B: ``FROZEN``, ``TRAIN`` or ``ALIGN``.
       nnx_variable: the ``Feedback`` subtype an NNX layer holds B in; None where ``wtfree.nnx``
         does not offer the kind.
+      sow: ``(LayerCall) -> None``, what a layer of the kind sows for the kind's step, in
+        ``layers.apply_rule`` (the mirror mode's Hebbian product; the alignment primitives).
+      settings_name: the keyword ``wtfree.make_train_step`` takes the kind's settings under
+        (``mirror``, ``alignment``); None: the kind has none.
+      default_settings: ``() -> settings``, used where the user gave none.
+      convert_options: ``(config) -> dict``, options of ``wtfree.convert`` from the kind's
+        config section, for train.py's stock models (``trainer.make_model``).
       mutable: the collections the train step's apply makes mutable for ``loss``.
       before_step: ``(model, variables, inputs, rng, settings, step) -> variables``, run before
         each train step (the weight mirror's step).
@@ -150,6 +201,10 @@ class Kind:
     stores_feedback: bool
     label: str
     nnx_variable: type | None = None
+    sow: Callable[["LayerCall"], None] = _no_sow
+    settings_name: str | None = None
+    default_settings: Callable[[], Any] | None = None
+    convert_options: Callable[..., dict] = _no_options
     mutable: tuple[str, ...] = ()
     before_step: Callable[..., Any] = _keep
     loss: Callable[..., Any] = _no_loss
@@ -188,6 +243,7 @@ __all__ = [
     "TRAIN",
     "Feedback",
     "Kind",
+    "LayerCall",
     "StateStep",
     "StepExtra",
     "get",

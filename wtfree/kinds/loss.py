@@ -1,15 +1,23 @@
 """B trained by the optimizer on its rule's alignment loss (sa, aa, ia, wm_reg; Kunin et al.)."""
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+from jax import lax
 
 from wtfree import layers, rules
-from wtfree.kinds import ALIGN, Kind, StepExtra
+from wtfree.kinds import ALIGN, Feedback, Kind, LayerCall, StepExtra
 
 Array = jax.Array
+
+
+class AlignedFeedback(Feedback):
+    """B trained by the optimizer along its alignment loss's gradient (NNX; the task loss gives
+    it none)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +98,48 @@ def step_extra(alignment: Any) -> StepExtra:
     return StepExtra(MEASUREMENT, (layers.ALIGNMENT_LOSS,), rngs, loss)
 
 
+def _sow(call: LayerCall) -> None:
+    """Where ``layers.ALIGNMENT_LOSS`` is mutable, a layer sows its rule's alignment primitives
+    (``rules.alignment.primitives``) and its number of output positions under the rule's name;
+    an input layer, whose B sends no error anywhere, has no alignment loss. The primitives read
+    ``alignment_input`` (``activations``, or unit-variance noise of that distribution drawn
+    from ``alignment_rng``, by default the distribution's stream)."""
+    rule, module = call.rule, call.module
+    if rule.alignment is None or call.input_layer or not call.sowing:
+        return
+    if not module.is_mutable_collection(layers.ALIGNMENT_LOSS):
+        return
+    source = call.settings.get("alignment_input", "activations")
+    stream = call.settings.get("alignment_rng") or layers.ALIGNMENT_NOISE_RNGS.get(source)
+    x, w = call.x, call.w
+    x_loss = _alignment_input(module, x, w.dtype, source, stream)
+    values = rules.alignment.primitives(call.f, x_loss, w, call.b, rule.alignment.primitives)
+    # Output positions (1 for dense), for the train step's per-position mean option.
+    x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
+    positions = math.prod(jax.eval_shape(call.f, x_spec, w).shape[1:-1])
+    values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
+    module.sow(layers.ALIGNMENT_LOSS, rule.name, values, reduce_fn=layers.keep_last)
+
+
+def _alignment_input(module, x: Array, dtype, source: str, stream: str | None):
+    """The alignment loss's input: unit-variance noise of distribution ``source`` drawn from
+    ``stream``, or (``activations``) the layer's own input; gradient stopped either way."""
+    if source == "normal":
+        return jax.random.normal(module.make_rng(stream), x.shape, dtype)
+    if source == "uniform":
+        half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
+        return jax.random.uniform(module.make_rng(stream), x.shape, dtype, -half_width, half_width)
+    if source != "activations":
+        allowed = ", ".join(layers.ALIGNMENT_INPUTS)
+        raise ValueError(f"alignment input {source!r}; allowed: {allowed}")
+    return lax.stop_gradient(x).astype(dtype)
+
+
+def _convert_options(config) -> dict:
+    """What a converted model's alignment losses read, from ``config.alignment.input``."""
+    return {"alignment_input": config.get("alignment", {}).get("input", "activations")}
+
+
 def _step_extra(config) -> StepExtra:
     return step_extra(config.alignment)
 
@@ -98,6 +148,11 @@ KIND = Kind(
     "loss",
     stores_feedback=True,
     label=ALIGN,
+    nnx_variable=AlignedFeedback,
+    sow=_sow,
+    settings_name="alignment",
+    default_settings=Alignment,
+    convert_options=_convert_options,
     mutable=(layers.ALIGNMENT_LOSS,),
     loss=alignment_loss,
     section="alignment",

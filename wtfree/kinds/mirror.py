@@ -9,10 +9,14 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from wtfree import layers, rules
-from wtfree.kinds import FROZEN, Kind, StateStep
+from wtfree.kinds import FROZEN, Feedback, Kind, LayerCall, StateStep
 
 Array = jax.Array
 MIRROR_RNG = layers.MIRROR_RNG
+
+
+class MirroredFeedback(Feedback):
+    """B moved by the weight-mirror step (``wtfree.nnx.mirror_step``), not by the optimizer."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +156,24 @@ def _before_step(model, variables, inputs, rng, settings, step):
     return {**variables, "feedback": feedback}
 
 
+def _sow(call: LayerCall) -> None:
+    """In a mirror apply (``mirror_noise`` given), a layer sows its Hebbian product
+    (``layers._mirror_hebbian``) in ``layers.MIRROR`` under B's name; an input layer, whose B
+    sends no error anywhere, is not mirrored."""
+    noise = call.settings.get("mirror_noise")
+    if noise is None or call.input_layer:
+        return
+    module = call.module
+    rng = module.make_rng(call.settings.get("mirror_rng") or MIRROR_RNG)
+    h = layers._mirror_hebbian(call.f, call.x, call.w, rng, noise)
+    module.sow(layers.MIRROR, call.feedback_name, h, reduce_fn=layers.keep_last)
+
+
+def _convert_options(config) -> dict:
+    """The mirror noise's distribution for a converted model, from ``config.mirror.noise``."""
+    return {"mirror_noise": config.get("mirror", {}).get("noise", "normal")}
+
+
 def _make_state_step(model, mesh, config, image_shape) -> StateStep:
     """train.py's mirror step (``steps.make_mirror_step``, sharded over ``mesh``) from
     ``config.mirror``: a mirror batch after every ``mirror.every``-th train step and
@@ -177,6 +199,11 @@ KIND = Kind(
     "mirror",
     stores_feedback=True,
     label=FROZEN,
+    nnx_variable=MirroredFeedback,
+    sow=_sow,
+    settings_name="mirror",
+    default_settings=Mirror,
+    convert_options=_convert_options,
     before_step=_before_step,
     section="mirror",
     make_state_step=_make_state_step,

@@ -5,11 +5,11 @@ Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=.
 Flax layers only (``STOCK``) is built without it and given the rule by ``wtfree.convert``.
 """
 
+import dataclasses
 import functools
 
 import flax.linen as nn
 
-from wtfree import rules
 from wtfree.linen import Options, convert
 from wtfree.models import convnet, mlp, resnet, vit
 
@@ -21,21 +21,22 @@ def check_rule(name: str, rule: str, output_rule: str | None = None) -> None:
     """Raises ValueError in one line if the model called ``name`` cannot learn by ``rule``.
 
     wtfree's own models take every rule; a stock model (``STOCK``) every rule ``wtfree.convert``
-    gives it but dfa and dfa_block: convert's dfa needs a first pass for the output error, which
-    ``wtfree.make_train_step`` makes and train.py's step does not.
+    gives it (dfa included: train.py's step makes the first pass for the output error, as
+    ``wtfree.make_train_step`` does), but not dfa_block: a converted model has no residual
+    blocks to route the error between.
     """
     if name not in STOCK:
         return
-    for key, value in (("rule", rule), ("output_rule", output_rule)):
-        if value and rules.get(value).direct:
-            raise ValueError(
-                f"{key}={value!r} with model={name!r}; allowed: any rule but dfa and dfa_block "
-                "(train.py's step computes no output error for a converted model's dfa)"
-            )
     try:
-        Options(rule, output_rule=output_rule or None)
+        # outputs: the model's classes, which build_stock gives convert; any width checks here.
+        Options(rule, output_rule=output_rule or None, outputs=1)
     except ValueError as e:
         raise ValueError(f"model={name!r} (stock Flax layers, through convert): {e}") from None
+
+
+# ``wtfree.Options``' fields that ``build_stock`` passes to convert rather than to the model
+# (``mirror_noise``, ``alignment_input``, ...: what ``kinds.Kind.convert_options`` gives).
+_CONVERT_OPTIONS = frozenset(f.name for f in dataclasses.fields(Options)) - {"rule", "output_rule"}
 
 
 def build_stock(
@@ -44,17 +45,18 @@ def build_stock(
     num_classes: int,
     rule: str = "bp",
     output_rule: str | None = None,
-    mirror_noise: str = "normal",
-    alignment_input: str = "activations",
     **kwargs,
 ) -> nn.Module:
     """``model_cls(num_classes, **kwargs)``, computing with ``rule``'s backward pass: as it is
     under bp, else through ``wtfree.convert`` (a layer named ``output`` takes ``output_rule``;
-    ``mirror_noise`` and ``alignment_input`` are convert's options of those names)."""
+    dfa's ``outputs`` is ``num_classes``). Keywords named as convert's options
+    (``wtfree.Options``: ``mirror_noise``, ``alignment_input``, ...) go to convert, the others
+    to ``model_cls``."""
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k in _CONVERT_OPTIONS}
     model = model_cls(num_classes=num_classes, **kwargs)
     if rule == "bp" and output_rule in (None, "", "bp"):
         return model
-    options = dict(mirror_noise=mirror_noise, alignment_input=alignment_input)
+    options.setdefault("outputs", num_classes)  # dfa's B map the output error to each layer
     return convert(model, rule, output_rule=output_rule or None, **options)
 
 
