@@ -276,3 +276,17 @@ def test_pc_error_weights_on_lenet_are_refused_in_one_line():
     config = tiny_config("pc", "lenet", **{"settling.error_weights": True})
     with pytest.raises(ValueError, match="^settling.error_weights=True with model='lenet'; "):
         config_lib.validate(config)
+
+
+def test_the_config_takes_the_model_and_the_dataset():
+    config = mnist_settling.get_config("rule=pc,model=lenet,dataset=fashion_mnist")
+    assert (config.model, config.dataset, config.model_kwargs.activation) == (
+        "lenet",
+        "fashion_mnist",
+        "relu",
+    )
+    config_lib.validate(config)
+    with pytest.raises(ValueError, match="^model='resnet8'; allowed: mlp, lenet$"):
+        mnist_settling.get_config("rule=ar,model=resnet8")
+    with pytest.raises(ValueError, match="^dataset='cifar10'; allowed: mnist, fashion_mnist$"):
+        mnist_settling.get_config("rule=ar,dataset=cifar10")
