@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 from wtfree import config_lib, data, layers, models, rules, trainer
+from wtfree.kinds import settling as settling_kind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # configs/*.py only: configs/sweeps/ holds sweep files, not configs; common.py is shared code.
@@ -60,8 +61,11 @@ def test_config_has_the_keys_the_trainer_reads(name):
 def test_config_validates_and_builds_its_model_for_every_rule(name, rule):
     config = load(name).get_config(f"rule={rule}")
     assert config.rule == rule
-    if rules.get(rule).feedback == rules.SETTLING and config.model != "mlp":
-        # The settling rules' step reads a chain of dense layers (wtfree.kinds.settling).
+    takes = config.model in settling_kind.MODELS and (
+        config.model == "mlp" or rule not in settling_kind.CONV_LIMITS
+    )
+    if rules.get(rule).feedback == rules.SETTLING and not takes:
+        # The settling rules' step reads a chain of dense and conv layers (MLP, LeNet).
         with pytest.raises(ValueError, match=f"^rule='{rule}' with model=.*allowed: mlp"):
             config_lib.validate(config)
         return

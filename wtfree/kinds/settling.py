@@ -1,9 +1,11 @@
 """The settling rules (ar, pc, di, pal; ``wtfree.settling``) as a kind: a train step of their
-own on an MLP, B moved by the rule's feedback gradient, the rule's state carried and saved.
+own on an MLP or a LeNet, B moved by the rule's feedback gradient, the rule's state carried and
+saved.
 
 A settling rule computes the error by letting activities settle over inner steps, so it is no
-custom_vjp of a layer: its step reads the MLP's Dense layers as a ``settling.Layer`` chain (from
-the model's fields: widths, activation), runs ``settling.get(rule).apply`` instead of
+custom_vjp of a layer: its step reads the model's Dense and Conv layers as a ``settling.Layer``
+chain (``chain``: from the model's fields; a conv layer's max pooling is part of its activation,
+differentiated by ``jax.vjp``), runs ``settling.get(rule).apply`` instead of
 ``jax.grad``, gives ``Result.grads`` to W's optimizer and moves B itself by
 ``Result.feedback_grads`` (plain SGD at ``settling.feedback_learning_rate_scale`` times W's
 rate, no decay: the authors' codes), as the mirror kind moves B by its mirror step.
@@ -26,13 +28,14 @@ A config without a ``settling`` subtree runs the rule at its defaults.
 import dataclasses
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from wtfree import errors, layers, metrics, rules, settling
 from wtfree.kinds import FROZEN, Kind
-from wtfree.models import mlp
+from wtfree.models import convnet, mlp
 
 Array = jax.Array
 FEEDBACK_INITS = ("random", "neg_transpose")
@@ -40,6 +43,13 @@ FEEDBACK_INITS = ("random", "neg_transpose")
 STATE = "settling"
 # Entries of config.settling that are the kind's, not the rule's *Config's.
 KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0, "loss_scale": 1.0}
+# The models whose layers the kind reads as a chain (``chain``).
+MODELS = ("mlp", "lenet")
+# What a rule cannot do on a conv net, in one line each (``validate``).
+CONV_LIMITS = {
+    "pal": "PAL's noise enters a layer's pre-activation and its B update pairs it with the rate "
+    "above, which a max-pooled conv layer's change of shape does not allow here",
+}
 # The rng stream the settling step draws PAL's noise from (steps.py uses 0 to 3).
 _RNG_STREAM = 4
 
@@ -79,10 +89,15 @@ def rule_config(config) -> Any:
 def validate(config) -> None:
     """Checks that the kind can run ``config``: an MLP, a feedback rule with a matrix, values in
     range. Raises a one-line ValueError naming the key."""
-    if config.model != "mlp":
+    if config.model not in MODELS:
         raise ValueError(
-            f"rule={config.rule!r} with model={config.model!r}; allowed: mlp (a settling rule "
-            "runs on a chain of dense layers)"
+            f"rule={config.rule!r} with model={config.model!r}; allowed: {', '.join(MODELS)} "
+            "(a settling rule runs on a chain of dense and conv layers)"
+        )
+    if config.model != "mlp" and config.rule in CONV_LIMITS:
+        raise ValueError(
+            f"rule={config.rule!r} with model={config.model!r}; allowed: mlp "
+            f"({CONV_LIMITS[config.rule]})"
         )
     output_rule = config.get("output_rule")
     if output_rule and output_rule != config.rule:
@@ -110,27 +125,53 @@ def validate(config) -> None:
         raise ValueError(f"settling.steps={steps!r}; allowed: an integer >= 0")
     if config.rule == "pal" and not settling.network.is_stored(feedback):
         raise ValueError(f"settling.feedback={feedback!r} with rule='pal'; allowed: fa, kp")
+    if config.rule == "pc" and values["error_weights"] and config.model != "mlp":
+        raise ValueError(
+            f"settling.error_weights=True with model={config.model!r}; allowed: False (PC's "
+            "error weights E are one width x width matrix per dense layer)"
+        )
     rule_config(config)
 
 
-def chain(model: mlp.Model) -> tuple[list[settling.Layer], list[str]]:
-    """The MLP as the settling rules see it: one ``settling.Layer`` per Dense (the first flattens
-    its input, as the model does), and the Dense layers' names, bottom to top."""
-    if not isinstance(model, mlp.Model):
-        raise ValueError(f"a settling rule needs wtfree's mlp; got {type(model).__name__}")
+def chain(model: nn.Module) -> tuple[list[settling.Layer], list[str]]:
+    """The model as the settling rules see it: one ``settling.Layer`` per Dense or Conv, and
+    those layers' names, bottom to top.
+
+    MLP: the first Dense flattens its input, as the model does. LeNet: each conv's activation
+    is the model's activation then its 2x2 max pooling (fixed, no weights: the rules take its
+    derivative by ``jax.vjp``), and the first Dense flattens; the input goes through
+    ``prepare`` first.
+    """
     act = mlp.get_activation(model.activation)
-    n = len(model.widths)
-    ops = [settling.flatten_dense] + [settling.dense] * n
-    acts = [act] * n + [settling.identity]
-    names = [f"hidden_{i}" for i in range(n)] + ["output"]
+    if isinstance(model, mlp.Model):
+        n = len(model.widths)
+        ops = [settling.flatten_dense] + [settling.dense] * n
+        acts = [act] * n + [settling.identity]
+        names = [f"hidden_{i}" for i in range(n)] + ["output"]
+    elif isinstance(model, convnet.Model):
+        conv = settling.make_conv(padding=model.padding)
+
+        def conv_act(a):
+            return nn.max_pool(act(a), convnet.POOL, strides=convnet.POOL)
+
+        ops = [conv, conv, settling.flatten_dense, settling.dense, settling.dense]
+        acts = [conv_act, conv_act, act, act, settling.identity]
+        names = ["conv_0", "conv_1", "dense_0", "dense_1", "output"]
+    else:
+        raise ValueError(f"a settling rule needs wtfree's mlp or lenet; got {type(model).__name__}")
     return [settling.Layer(f, a) for f, a in zip(ops, acts, strict=True)], names
+
+
+def prepare(model: nn.Module, x: Array) -> Array:
+    """The model's input as its first layer takes it (LeNet: resized and standardized)."""
+    return convnet.prepare_input(model, x) if isinstance(model, convnet.Model) else x
 
 
 def _params(state, names) -> list[dict[str, Array]]:
     return [{"w": state["params"][n]["kernel"], "bias": state["params"][n]["bias"]} for n in names]
 
 
-def _stored(model: mlp.Model, state, names, feedback: str):
+def _stored(model: nn.Module, state, names, feedback: str):
     """What ``settling.network.feedback_matrices`` takes for the rule ``feedback``: the layers'
     stored B, or for a rule that keeps none (bp, usf, brsf) W's init std, as its layers would."""
     if rules.get(feedback).stores_feedback:
@@ -172,7 +213,7 @@ def _settle(model, config, state, batch) -> tuple[settling.Result, list, Any]:
         chain(model)[0],
         params,
         stored,
-        batch["image"],
+        prepare(model, batch["image"]),
         _loss(config, batch["label"], settings(config)["loss_scale"]),
         cfg,
         state=_rule_state(config, state),
@@ -181,7 +222,7 @@ def _settle(model, config, state, batch) -> tuple[settling.Result, list, Any]:
     return result, params, stored
 
 
-def init_state(model: mlp.Model, config, state: dict, image_shape: tuple[int, ...]) -> dict:
+def init_state(model: nn.Module, config, state: dict, image_shape: tuple[int, ...]) -> dict:
     """Adds the rule's variables under ``state["settling"]`` (PC with error weights: E; PAL:
     noise, filters and rates for a batch of ``config.batch_size``), and for
     ``feedback_init=neg_transpose`` sets every B to -W."""
@@ -192,7 +233,7 @@ def init_state(model: mlp.Model, config, state: dict, image_shape: tuple[int, ..
         rng = jax.random.fold_in(state["rng"], _RNG_STREAM + 1)
         own["error_weights"] = settling.init_error_weights(rng, list(model.widths))
     if config.rule == "pal":
-        x = jnp.zeros((config.batch_size, *image_shape), jnp.float32)
+        x = prepare(model, jnp.zeros((config.batch_size, *image_shape), jnp.float32))
         own.update(settling.pal.init_state(layers_, _params(state, names), x))
     state = {**state, STATE: own}
     if values["feedback_init"] == "neg_transpose":
@@ -205,7 +246,7 @@ def init_state(model: mlp.Model, config, state: dict, image_shape: tuple[int, ..
     return state
 
 
-def make_steps(model: mlp.Model, tx, schedule, config) -> tuple[Any, Any]:
+def make_steps(model: nn.Module, tx, schedule, config) -> tuple[Any, Any]:
     """``(train_step, measure_step)``: the rule's step and its alignment measurements."""
     names = chain(model)[1]
     scale = settings(config)["feedback_learning_rate_scale"]
@@ -250,7 +291,7 @@ def make_steps(model: mlp.Model, tx, schedule, config) -> tuple[Any, Any]:
             "opt_state": opt_state,
             "step": state["step"] + 1,
         }
-        out = settling.forward(chain(model)[0], params, batch["image"])[0][-1]
+        out = settling.forward(chain(model)[0], params, prepare(model, batch["image"]))[0][-1]
         measurements = {
             "train/loss": _loss(config, batch["label"])(out),
             "train/settling_steps": result.steps.astype(jnp.float32),
@@ -267,7 +308,7 @@ def make_steps(model: mlp.Model, tx, schedule, config) -> tuple[Any, Any]:
     return train_step, measure_step
 
 
-def measure(model: mlp.Model, config, state: dict, batch: dict) -> dict[str, Array]:
+def measure(model: nn.Module, config, state: dict, batch: dict) -> dict[str, Array]:
     """Per layer: the angle of the rule's settled error to backprop's (``jax.grad``), at the
     pre-activation as every rule's ``align/delta_angle`` and at the output
     (``align/error_angle``), and the feedback matrix's angle to W (``align/weight_angle``, with
@@ -275,7 +316,7 @@ def measure(model: mlp.Model, config, state: dict, batch: dict) -> dict[str, Arr
     input layer's matrix sends no error: neither is measured."""
     layers_, names = chain(model)
     result, params, stored = _settle(model, config, state, batch)
-    x, loss = batch["image"], _loss(config, batch["label"])
+    x, loss = prepare(model, batch["image"]), _loss(config, batch["label"])
     _, pre = settling.forward(layers_, params, x)
 
     def perturbed(d_pre, d_out):
@@ -315,7 +356,7 @@ def check(trainer) -> None:
     layers_, names = chain(trainer.model)
     state = jax.device_get(trainer.fresh_state())
     cfg = rule_config(config)
-    x = jnp.zeros((1, *trainer.ds.image_shape), jnp.float32)
+    x = prepare(trainer.model, jnp.zeros((1, *trainer.ds.image_shape), jnp.float32))
     stored = _stored(trainer.model, state, names, cfg.feedback)
     try:
         settling.check_stable(layers_, _params(state, names), stored, x, cfg)
@@ -334,4 +375,4 @@ KIND = Kind(
     check=check,
 )
 
-__all__ = ["KIND", "chain", "measure", "rule_config", "settings"]
+__all__ = ["KIND", "MODELS", "chain", "measure", "prepare", "rule_config", "settings"]

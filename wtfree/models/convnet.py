@@ -7,6 +7,23 @@ import jax.numpy as jnp
 from wtfree import layers, rules
 from wtfree.models.mlp import get_activation
 
+# Both convs are followed by max pooling of this window and stride.
+POOL = (2, 2)
+
+
+def prepare_input(model: "Model", x: jax.Array) -> jax.Array:
+    """The model's fixed input transform: resize to ``input_size`` (bilinear), standardize.
+
+    A function of the model's fields, so that code computing the layers itself (the settling
+    rules' chain) transforms the input as the model does.
+    """
+    if model.input_size is not None and x.shape[1:3] != (model.input_size,) * 2:
+        size = (x.shape[0], model.input_size, model.input_size, x.shape[3])
+        x = jax.image.resize(x, size, method="bilinear")
+    if (model.input_mean, model.input_std) != (0.0, 1.0):
+        x = (x - model.input_mean) / model.input_std
+    return x
+
 
 class Model(nn.Module):
     """LeNet-5: conv 5x5 6, max pool 2x2, conv 5x5 16, max pool 2x2, dense 120, dense 84, logits.
@@ -55,11 +72,7 @@ class Model(nn.Module):
         )
         carrier = jnp.zeros((x.shape[0], self.num_classes), self.dtype or jnp.float32)
         hidden = 0
-        if self.input_size is not None and x.shape[1:3] != (self.input_size,) * 2:
-            size = (x.shape[0], self.input_size, self.input_size, x.shape[3])
-            x = jax.image.resize(x, size, method="bilinear")
-        if (self.input_mean, self.input_std) != (0.0, 1.0):
-            x = (x - self.input_mean) / self.input_std
+        x = prepare_input(self, x)
 
         def activate(x, carrier):
             nonlocal hidden
@@ -80,7 +93,7 @@ class Model(nn.Module):
                 **init,
             )(x)
             x, carrier = activate(x, carrier)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = nn.max_pool(x, POOL, strides=POOL)
         x = x.reshape(x.shape[0], -1)
         for i, features in enumerate((120, 84)):
             x = layers.Dense(features=features, rule=self.rule, name=f"dense_{i}", **init)(x)

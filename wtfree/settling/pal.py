@@ -148,9 +148,12 @@ def phaseless_alignment(
     def step(carry, draws):
         noise, highpass, rates, dbs = carry
         noise = [s * ou_step(xi, w, config) for s, xi, w in zip(sigmas, noise, draws, strict=True)]
+        # The input does not move, so the first layer's pre-activation is the noise-free pass's:
+        # computed once, not at every time step (it is most of a time step's products).
         h, new_rates = x, []
-        for layer, p, xi in zip(model, params, noise, strict=True):
-            h = layer.activation(layer.f(h, p["w"]) + p["bias"] + xi)
+        for k, (layer, p, xi) in enumerate(zip(model, params, noise, strict=True)):
+            a = pre[0] if k == 0 else layer.f(h, p["w"]) + p["bias"]
+            h = layer.activation(a + xi)
             new_rates.append(h)
         highpass = [
             highpass_step(hp, r - r0, config)
