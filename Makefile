@@ -15,8 +15,10 @@ lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# Two pytest-xdist workers, one test file at a time each: a file's module fixtures, and the one
+# run of every documented command (tests/test_documented_commands.py), stay in one process.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The seed experiment's four rules side by side for 2 epochs, then the comparison figure.
 demo: install

@@ -15,6 +15,7 @@ from flax import traverse_util
 from jax import lax
 
 from configs import common
+from tests import config_helpers
 from wtfree import config_lib, layers, metrics, models, optim, rules, sweep, trainer
 from wtfree import steps as steps_lib
 from wtfree.kinds import loss as loss_kind
@@ -391,10 +392,7 @@ def test_alignment_sweeps_name_every_run_and_override_existing_keys(sweep_file):
         module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
         config = module.get_config(arg)
         for key, value in run.overrides.items():
-            *parents, last = key.split(".")
-            target = config
-            for parent in parents:
-                target = target[parent]
+            target, last = config_helpers.parent_and_name(config, key)
             assert last in target, key
             assert isinstance(value, type(target[last])) or target[last] is None, key
 

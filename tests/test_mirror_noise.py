@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import fake_data
+from tests import config_helpers, fake_data
 from tests.test_train import tiny_config
 from wtfree import config_lib, errors, layers, loop, metrics, rules, workdir
 from wtfree import trainer as trainer_lib
@@ -160,11 +160,8 @@ def record_without(workdir_path, rule: str, key: str) -> None:
     """Writes ``rule``'s config.json into the workdir as a version of wtfree before the dotted
     ``key`` (a value or a subtree) existed would have."""
     old = workdir.as_json(tiny_config(rule))
-    *path, last = key.split(".")
-    tree = old
-    for part in path:
-        tree = tree[part]
-    del tree[last]
+    parent, name = config_helpers.parent_and_name(old, key)
+    del parent[name]
     (workdir_path / workdir.CONFIG).write_text(json.dumps(old))
 
 

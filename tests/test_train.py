@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests import fake_data
+from tests import config_helpers, fake_data
 from wtfree import checkpoints, logs, loop, metrics, rules
 from wtfree import trainer as trainer_lib
 
@@ -30,13 +30,7 @@ def tiny_config(rule: str, **overrides):
     config.mirror.batch_size = 8
     config.mirror.pretrain_batches = 2
     config.mirror.learning_rate = 0.1
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = value
-    return config
+    return config_helpers.override(config, overrides)
 
 
 @pytest.fixture(autouse=True)
