@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests import fake_data
+from tests import config_helpers, fake_data
 from wtfree import checkpoints, config_lib, errors, loop, metrics
 from wtfree import trainer as trainer_lib
 
@@ -33,13 +33,7 @@ def tiny_config(rule: str, model: str = "mlp", **overrides):
     config.settling.loss_scale = 1.0  # the tests set the learning rate for the mean loss
     if rule == "pc":  # 40 steps of 2 x 0.05 leave 0.9^40 = 1.5% of the error unsettled
         config.settling.steps, config.settling.step_size = 40, 0.05
-    for key, value in overrides.items():
-        target = config
-        *path, last = key.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = value
-    return config
+    return config_helpers.override(config, overrides)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -252,14 +246,7 @@ def test_an_unstable_di_loop_stops_the_run_in_one_line_with_exit_code_2(tmp_path
     ],
 )
 def test_bad_settling_entries_are_one_line(overrides, match):
-    config = tiny_config("ar")
-    with config.unlocked():
-        for key, value in overrides.items():
-            *path, last = key.split(".")
-            target = config
-            for p in path:
-                target = target[p]
-            target[last] = value
+    config = config_helpers.override(tiny_config("ar"), overrides)
     with pytest.raises(ValueError, match=match):
         config_lib.validate(config)
 
