@@ -6,8 +6,9 @@ r"""The learning rates of biotorch's LeNet table (configs/biotorch_lenet.py), me
   Fashion-MNIST. The config's rate for bp, usf, brsf, frsf and kp is the largest of 0.1 and
   0.03 at which every seed of bp trains on both datasets (bp at 0.03 is in
   configs/sweeps/biotorch_lenet.py).
-- fa at 3x and 10x, dfa at 3x to 100x, the rates the config takes from biotorch's CIFAR configs (0.001 and
-  0.0001), seed 0 on MNIST: whether their gap to biotorch's MNIST numbers is the rate's.
+- fa at 3x and 10x, and dfa at 3x to 100x, the rates the config takes from biotorch's CIFAR
+  configs (0.001 and 0.0001), seed 0 on MNIST: whether their gap to biotorch's MNIST numbers is
+  the rate's.
 
 `python experiments/biotorch_table.py runs/biotorch_lr` gives the table; a run at another rate
 than the config's is a row of its own (e.g. ``fa_lr0.01``).
