@@ -26,8 +26,10 @@ repository, jsalbert/biotorch):
 
 What it does not state: the MNIST runs' initial learning rates. biotorch's LeNet configs
 (benchmark_configs/cifar10/le_net/sgd/*.yaml) use 0.1 for bp, usf, brsf and frsf, 0.001 for fa
-and 0.0001 for dfa; this config uses those. For the rules biotorch lacks: kp as bp (0.1; its B
-moves as W does, with W's weight decay, Akrout et al. 2019, eqs. 16-17); wm, sa and aa at fa's
+and 0.0001 for dfa; this config uses those, but 0.03 instead of 0.1 (at 0.1 bp dies in one seed
+of three on each dataset: configs/sweeps/biotorch_lenet_lr.py). For the rules biotorch lacks: kp
+as bp (0.03; its B moves as W does, with W's weight decay, Akrout et al. 2019, eqs. 16-17; it
+diverges at that rate, docs/biotorch_lenet.md); wm, sa and aa at fa's
 0.001 (at 0.01, sa and aa diverge on LeNet as fa does, and wm blows up at 5x bp's LeNet rate:
 configs/mnist_lenet.py), sa and aa with the coefficients of configs/sweeps/alignment_lenet.py
 (50x the authors'), wm with configs/mnist_lenet.py's mirror.
