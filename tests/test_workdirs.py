@@ -270,3 +270,20 @@ def test_a_checkpoint_with_bs_old_leaf_name_resumes(tmp_path):
     config.num_train_steps = 6
     loop.train_and_evaluate(config, str(tmp_path))
     assert int(final_state(tmp_path, config)["step"]) == 6
+
+
+def test_a_run_resumed_within_the_same_second_keeps_the_earlier_runs_events(tmp_path, monkeypatch):
+    """tensorboardX names its event file by the second and the host; a resume in the same
+    second (a fast run, a crash loop) must not write, or on an object store replace, the file
+    of the run before it."""
+    import tensorboardX.event_file_writer as event_file_writer
+
+    monkeypatch.setattr(event_file_writer.time, "time", lambda: 1796396674.5)
+    first = logs.MetricWriter(tmp_path)
+    first.write(3, 0.5, {"train/loss": 1.0})
+    first.close()
+    second = logs.MetricWriter(tmp_path, resume_step=3)
+    second.write(6, 1.0, {"train/loss": 0.5})
+    second.close()
+    events = sorted(os.listdir(tmp_path / "tensorboard"))
+    assert len(events) == 2 and all(e.startswith("events.out.tfevents.1796396674.") for e in events)

@@ -96,6 +96,12 @@ def _disk_full(manager: ocp.CheckpointManager, state) -> errors.StorageFull:
     directories) and says, in one line, which step failed, the bytes it needed, and the last
     good checkpoint, from which a rerun resumes."""
     directory = epath.Path(manager.directory)
+    try:  # an earlier save still in flight finishes (or fails) first: its temporary directory
+        # is a write in progress, not a partial one, until then
+        manager.wait_until_finished()
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
     failed = []
     for partial in directory.glob("*.orbax-checkpoint-tmp*"):
         failed.append(partial.name.split(".")[0])

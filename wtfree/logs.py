@@ -2,6 +2,7 @@
 
 import json
 import logging as std_logging
+import secrets
 import sys
 import time
 
@@ -82,8 +83,13 @@ class MetricWriter:
         _register_tensorboard_urls()
         tensorboard = workdir / "tensorboard"
         purge = resume_step + 1 if resume_step > 0 else 0
+        # tensorboardX names its file by the second and the host: a run resumed within the same
+        # second would write the earlier run's file again (an object store replaces it, and
+        # the earlier run's events are gone). A random suffix gives each writer its own file.
         self._tb = SummaryWriter(
-            str(tensorboard), purge_step=purge if tensorboard.exists() else None
+            str(tensorboard),
+            purge_step=purge if tensorboard.exists() else None,
+            filename_suffix=f".{secrets.token_hex(4)}",
         )
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
