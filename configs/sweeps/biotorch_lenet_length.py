@@ -1,6 +1,6 @@
 r"""How biotorch's LeNet error falls with the run's length: configs/biotorch_lenet.py at 20 epochs
-(the learning rate dropping at 10 and 15; bp and usf at 0.1), seed 0, for bp, fa, dfa and usf
-on MNIST and bp and fa on Fashion-MNIST, beside the 5-epoch runs of
+(the learning rate dropping at 10 and 15; bp and usf at 0.1), seed 0, for bp, fa, dfa, usf,
+brsf and frsf on MNIST and bp and fa on Fashion-MNIST, beside the 5-epoch runs of
 configs/sweeps/biotorch_lenet.py.
 
     python -m wtfree.sweep configs/sweeps/biotorch_lenet_length.py --workdir runs/biotorch_20
@@ -13,7 +13,8 @@ from configs.biotorch_lenet import sweep_run
 
 EPOCHS = 20
 RUNS = (("mnist", "bp"), ("mnist", "fa"), ("mnist", "dfa"), ("mnist", "usf"),
-        ("fashion_mnist", "bp"), ("fashion_mnist", "fa"))  # fmt: skip
+        ("fashion_mnist", "bp"), ("fashion_mnist", "fa"),
+        ("mnist", "brsf"), ("mnist", "frsf"))  # fmt: skip
 
 
 # These runs were measured before the table's learning-rate protocol moved bp and usf from 0.1
