@@ -282,8 +282,10 @@ def test_a_run_resumed_within_the_same_second_keeps_the_earlier_runs_events(tmp_
     first = logs.MetricWriter(tmp_path)
     first.write(3, 0.5, {"train/loss": 1.0})
     first.close()
+    (written_first,) = os.listdir(tmp_path / "tensorboard")
     second = logs.MetricWriter(tmp_path, resume_step=3)
     second.write(6, 1.0, {"train/loss": 0.5})
     second.close()
     events = sorted(os.listdir(tmp_path / "tensorboard"))
     assert len(events) == 2 and all(e.startswith("events.out.tfevents.1796396674.") for e in events)
+    assert events[0] == written_first  # TensorBoard reads them in name order: the run order

@@ -2,7 +2,6 @@
 
 import json
 import logging as std_logging
-import secrets
 import sys
 import time
 
@@ -85,11 +84,13 @@ class MetricWriter:
         purge = resume_step + 1 if resume_step > 0 else 0
         # tensorboardX names its file by the second and the host: a run resumed within the same
         # second would write the earlier run's file again (an object store replaces it, and
-        # the earlier run's events are gone). A random suffix gives each writer its own file.
+        # the earlier run's events are gone). The time in nanoseconds gives each writer its own
+        # file, named so that files sort in the order they were written, the order TensorBoard
+        # reads them in (a later run's purge_step hides what an earlier one logged after it).
         self._tb = SummaryWriter(
             str(tensorboard),
             purge_step=purge if tensorboard.exists() else None,
-            filename_suffix=f".{secrets.token_hex(4)}",
+            filename_suffix=f".{time.time_ns():020d}",
         )
 
     def write(self, step: int, epoch: float, values: dict[str, float]) -> None:
