@@ -179,16 +179,9 @@ def test_mirror_step_leaves_a_model_without_wm_layers_alone():
 
 def _linen_twin(model, rule):
     """test_learn's linen Mlp converted by ``rule``, holding ``model``'s W and B."""
-    import flax.linen as nn
+    from tests.test_learn import Mlp
 
-    class LinenMlp(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            x = nn.relu(nn.Dense(6, name="input")(x))
-            x = nn.relu(nn.Dense(6, name="hidden")(x))
-            return nn.Dense(3, name="output")(x)
-
-    converted = wtfree.convert(LinenMlp(), rule)
+    converted = wtfree.convert(Mlp(), rule)
     params = {
         name: {"kernel": layer.kernel[...], "bias": layer.bias[...]}
         for name, layer in (
