@@ -1,12 +1,15 @@
 """wtfree.linen.convert: a stock linen model's Dense, DenseGeneral, Conv, Einsum under each rule."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wtfree import layers
+import wtfree
+from wtfree import layers, rules
 from wtfree import linen as convert_lib
 
 B = convert_lib.FEEDBACK_KERNEL
@@ -326,3 +329,58 @@ def test_dfa_in_wtfrees_own_train_step_sends_e_times_b_to_every_hidden_layer():
         rtol=1e-4,
         atol=1e-3,
     )
+
+
+class Heads(nn.Module):
+    """A projection to heads, as attention's query, key and value: W is (8, 2, 4)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(8, name="input")(x)
+        return nn.DenseGeneral((2, 4), name="heads")(x)
+
+
+@pytest.mark.parametrize("per_layer_batch", [False, True])
+def test_mirror_of_a_layer_with_two_feature_axes_settles_at_w(per_layer_batch):
+    """B' = (1 - lambda) B + eta sigma^2 H with H = Z^T Z W / P for the flattened (8, 8) W, Z
+    the noise over the n examples and P = 3 positions of each: with Rademacher noise
+    G = (B' - (1 - lambda) B) W^-1 / (eta sigma^2) has the diagonal n = 6 exactly. The heads
+    axis is a feature axis, not a position: counted as one (P = 6), H and B were half W's
+    scale (a ViT's query, key and value B settled at W / heads)."""
+    model = convert_lib.convert(Heads(), "wm", mirror_noise="rademacher")
+    x = jnp.zeros((6, 3, 5))
+    variables = model.init(jax.random.key(0), x)
+    mirror = wtfree.Mirror(learning_rate=0.1, decay=0.2, noise_std=0.5)
+    mirror = dataclasses.replace(mirror, per_layer_batch=per_layer_batch)
+    new = jax.jit(lambda v, r: wtfree.mirror_step(model, v, (x,), r, mirror))(
+        variables, jax.random.key(1)
+    )
+    w = variables["params"]["heads"]["kernel"].reshape(8, 8)
+    b = variables["feedback"]["heads"][B].reshape(8, 8)
+    b_new = new["feedback"]["heads"][B].reshape(8, 8)
+    gram = (b_new - 0.8 * b) @ np.linalg.inv(w) / (0.1 * 0.5**2)
+    np.testing.assert_allclose(np.diag(gram), 6.0, rtol=1e-4)
+    np.testing.assert_allclose(gram, gram.T, rtol=1e-4, atol=1e-4)
+
+
+def test_fan_in_and_positions_count_feature_axes_as_features():
+    """d and P for dense, a sequence, heads, a conv (P its output height x width) and a
+    closure over a traced array (the shapes decide there)."""
+    dense = lambda x, w: jnp.dot(x, w)  # noqa: E731
+    heads = lambda x, w: jnp.einsum("bsi,ihk->bshk", x, w)  # noqa: E731
+    conv = lambda x, w: jax.lax.conv_general_dilated(  # noqa: E731
+        x, w, (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    assert rules.fan_in_and_positions(dense, (4, 5), jnp.ones((5, 3))) == (5, 1)
+    assert rules.fan_in_and_positions(dense, (4, 7, 5), jnp.ones((5, 3))) == (5, 7)
+    assert rules.fan_in_and_positions(heads, (4, 7, 5), jnp.ones((5, 2, 3))) == (5, 7)
+    assert rules.fan_in_and_positions(conv, (4, 8, 8, 3), jnp.ones((3, 3, 3, 6))) == (27, 16)
+
+    @jax.jit
+    def traced(scale):
+        scaled = lambda x, w: jnp.dot(x, w * scale)  # noqa: E731
+        d, p = rules.fan_in_and_positions(scaled, (4, 7, 5), jnp.ones((5, 3)))
+        assert (d, p) == (5, 7)
+        return scale
+
+    traced(1.0)

@@ -226,9 +226,7 @@ def _mirror_hebbian(f, x: Array, w: Array, rng: Array, noise: str) -> Array:
     size = _MIRROR_BATCH_SIZE.get()
     n_layer = n
     if size is not None:
-        y = jax.eval_shape(f, jax.ShapeDtypeStruct(x.shape, w.dtype), w)
-        fan_in = w.size // y.shape[-1]
-        positions = math.prod(y.shape[1:-1])
+        fan_in, positions = rules.fan_in_and_positions(f, x.shape, w)
         n_layer = min(n, max(1, int(size(fan_in, positions, noise))))
     z = rules.draw_noise(rng, (n_layer, *x.shape[1:]), w.dtype, noise)
     h = rules.hebbian(f, w, z)

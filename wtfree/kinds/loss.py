@@ -115,8 +115,7 @@ def _sow(call: LayerCall) -> None:
     x_loss = _alignment_input(module, x, w.dtype, source, stream)
     values = rules.alignment.primitives(call.f, x_loss, w, call.b, rule.alignment.primitives)
     # Output positions (1 for dense), for the train step's per-position mean option.
-    x_spec = jax.ShapeDtypeStruct(x.shape, w.dtype)
-    positions = math.prod(jax.eval_shape(call.f, x_spec, w).shape[1:-1])
+    _, positions = rules.fan_in_and_positions(call.f, x.shape, w)
     values[rules.alignment.POSITIONS] = jnp.asarray(positions, jnp.float32)
     module.sow(layers.ALIGNMENT_LOSS, rule.name, values, reduce_fn=layers.keep_last)
 

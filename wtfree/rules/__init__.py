@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from wtfree.rules._feedback import LinearFn, feedback_linear
+from wtfree.rules._feedback import LinearFn, fan_in_and_positions, feedback_linear
 from wtfree.rules.alignment import ALIGNMENTS, Alignment, alignment_feedback
 from wtfree.rules.backprop import backprop
 from wtfree.rules.direct_feedback import (
@@ -147,6 +147,7 @@ __all__ = [
     "SETTLING",
     "Alignment",
     "LinearFn",
+    "fan_in_and_positions",
     "Rule",
     "apply_hebbian",
     "direct_feedback",

@@ -4,6 +4,8 @@ from collections.abc import Callable
 from functools import partial
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 LinearFn = Callable[[Array, Array], Array]
@@ -36,6 +38,35 @@ def feedback_linear(f: LinearFn, x: Array, w: Array, b: Array, *, train_b: bool)
     """
     f, consts = closure_convert(f, x, w)
     return _feedback_linear(f, train_b, x, w, b, *consts)
+
+
+def fan_in_and_positions(f: LinearFn, x_shape: tuple[int, ...], w: Array) -> tuple[int, int]:
+    r"""A linear layer's fan-in d and its number P of output positions per example, from ``f``.
+
+    d is the number of W's entries that meet at one output (a dense layer's inputs; a conv's
+    kernel height x width x input channels) and P the number of outputs each entry of W reaches
+    in one example (1 for dense on a vector, a sequence's length, a conv's output height x
+    width): :math:`d = \max f(1, 1)` and :math:`P = d \cdot |f(1, 1)| / |W|` for one example of
+    ones. Both come from ``f`` itself, not from the shapes, so an output with several feature
+    axes (``nn.DenseGeneral(features=(heads, head_dim))``, whose last axis alone is not its
+    features) counts its positions right. Where ``f`` closes over a traced array (no concrete
+    value at trace time), the shapes decide, taking y's last axis as the features.
+
+    Args:
+      f: the linear op, ``f(x, W) -> y``, y's first axis the batch.
+      x_shape: the input's shape (the batch size is not used).
+      w: the weights W (their shape and dtype only).
+
+    Returns:
+      (d, P), Python ints.
+    """
+    with jax.ensure_compile_time_eval():
+        y = f(jnp.ones((1, *x_shape[1:]), jnp.float32), jnp.ones(w.shape, jnp.float32))
+    if isinstance(y, jax.core.Tracer):
+        return w.size // y.shape[-1], y.size // y.shape[-1]
+    counts = np.asarray(y)
+    d = round(float(counts.max()))
+    return d, max(1, round(d * counts.size / w.size))
 
 
 def closure_convert(f: LinearFn, x: Array, w: Array) -> tuple[Callable, list[Array]]:

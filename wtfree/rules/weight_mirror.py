@@ -5,7 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from wtfree.rules._feedback import LinearFn, feedback_linear
+from wtfree.rules._feedback import LinearFn, fan_in_and_positions, feedback_linear
 
 Array = jax.Array
 
@@ -165,7 +165,7 @@ def hebbian(f: LinearFn, w: Array, x: Array) -> Array:
     """
     y, vjp_w = jax.vjp(lambda w_: f(x, w_), w)
     (h,) = vjp_w(y)
-    positions = math.prod(y.shape[1:-1])
+    _, positions = fan_in_and_positions(f, x.shape, w)
     return h / positions if positions > 1 else h
 
 
