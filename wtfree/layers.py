@@ -73,6 +73,15 @@ class _RuleLinear(nn.Module):
     mirror_noise: str = "normal"
     alignment_input: str = "activations"
 
+    def __post_init__(self):
+        if self.mirror_noise not in rules.MIRROR_NOISES:
+            allowed = ", ".join(rules.MIRROR_NOISES)
+            raise ValueError(f"mirror_noise={self.mirror_noise!r}; allowed: {allowed}")
+        if self.alignment_input not in ALIGNMENT_INPUTS:
+            allowed = ", ".join(ALIGNMENT_INPUTS)
+            raise ValueError(f"alignment_input={self.alignment_input!r}; allowed: {allowed}")
+        super().__post_init__()
+
     def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
         kernel_init = nn.initializers.variance_scaling(
             self.kernel_scale, self.kernel_mode, self.kernel_distribution
