@@ -174,8 +174,8 @@ def _alignment_config(input="activations", input_std=1.0, **coefficients):
     return config.alignment
 
 
-def _mlp(rule):
-    return mlp.Model(num_classes=3, widths=(6,), rule=rule, activation="tanh")
+def _mlp(rule, **kwargs):
+    return mlp.Model(num_classes=3, widths=(6,), rule=rule, activation="tanh", **kwargs)
 
 
 def _batch(seed=0, n=8):
@@ -285,16 +285,15 @@ def test_noise_input_has_the_configured_variance(distribution):
     # amp on noise of variance s^2: E[x^T x / n] = s^2 I, so grad_B amp -> -s^2 W. A zero
     # input shows the layer's own input is not what the loss sees.
     d, n = 4, 20000
-    layer = layers.Dense(features=3, rule="wm_reg")
+    layer = layers.Dense(features=3, rule="wm_reg", alignment_input=distribution)
     x = jnp.zeros((n, d))
     variables = layer.init(jax.random.key(0), x)
-    stream = layers.ALIGNMENT_NOISE_RNGS[distribution]
 
     def amp(feedback):
         _, sown = layer.apply(
             {**variables, "feedback": feedback},
             x,
-            rngs={stream: jax.random.key(5)},
+            rngs={layers.ALIGNMENT_RNG: jax.random.key(5)},
             mutable=[layers.ALIGNMENT_LOSS],
         )
         return sown[layers.ALIGNMENT_LOSS]["wm_reg"]["amp"]
@@ -306,7 +305,7 @@ def test_noise_input_has_the_configured_variance(distribution):
 
 def test_train_step_scales_noise_primitives_by_the_noise_variance():
     batch, lr = _batch(), 1.0
-    model = _mlp("wm_reg")
+    model = _mlp("wm_reg", alignment_input="normal")
     tx = _tx(model, batch, lr)
     state = _state(model, tx, batch)
     moves = []

@@ -1,5 +1,6 @@
 """wtfree.kinds: every rule's way of learning B is one registered object with its hooks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +41,31 @@ def _config(rule, **overrides):
     return config
 
 
+@pytest.mark.parametrize("model_name", ["mlp", "lenet", "resnet8"])
+def test_the_config_gives_wtfrees_own_models_their_noise_options_as_values(model_name):
+    """The mirror noise's distribution and the alignment losses' input reach wtfree's own
+    models as fields (the values convert's options take for a stock model), not as the names
+    of the random streams the steps pass; each layer gets them."""
+    from wtfree import trainer
+
+    config = _config("wm", **{"mirror.noise": "uniform", "alignment.input": "normal"})
+    config.model = model_name
+    config.model_kwargs = {}
+    model = trainer.make_model(config, 10)
+    assert (model.mirror_noise, model.alignment_input) == ("uniform", "normal")
+    shape = (1, 28, 28, 1) if model_name != "resnet8" else (1, 8, 8, 3)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, layers._RuleLinear):
+            seen.append((context.module.mirror_noise, context.module.alignment_input))
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+    assert seen and set(seen) == {("uniform", "normal")}
+
+
 def test_each_kinds_train_py_hooks_come_from_its_config_section():
     """What the Trainer asks each kind: the mirror's state step (after every mirror.every-th
     step, mirror.pretrain_batches before training), the alignment loss's extra (its collection,
@@ -60,7 +86,8 @@ def test_each_kinds_train_py_hooks_come_from_its_config_section():
     state = {"rng": jax.random.key(0), "step": jnp.int32(4)}
     assert extra.rngs(state) == {}  # fed the layers' own inputs: no noise drawn
     noisy = kinds.get(rules.LOSS).step_extra(_config("sa", **{"alignment.input": "uniform"}))
-    assert set(noisy.rngs(state)) == {layers.ALIGNMENT_NOISE_RNGS["uniform"]}
+    # The one stream of the alignment noise: the distribution is the model's own value.
+    assert set(noisy.rngs(state)) == {layers.ALIGNMENT_RNG}
     assert kinds.get(rules.LOSS).make_state_step(model, mesh, config, (2, 2, 1)) is None
     with pytest.raises(ValueError, match="^alignment.input='cauchy'; allowed: activations"):
         kinds.get(rules.LOSS).step_extra(_config("sa", **{"alignment.input": "cauchy"}))

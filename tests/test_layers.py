@@ -113,3 +113,14 @@ def test_an_own_layer_goes_through_nnx_bridge(module, x_shape):
     as_bp = module.clone(rule="bp")
     want = jax.grad(lambda x: jnp.vdot(as_bp.apply(swapped, x), g))(x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_noise_options_are_refused_in_one_line():
+    """The layer's noise options are values, checked when it is built (as convert's are)."""
+    with pytest.raises(ValueError, match="^mirror_noise='cauchy'; allowed: normal, rademacher"):
+        layers.Dense(features=2, mirror_noise="cauchy")
+    with pytest.raises(ValueError, match="^alignment_input='cauchy'; allowed: activations, normal"):
+        layers.Conv(features=2, alignment_input="cauchy")
+    model = mlp.Model(num_classes=2, widths=(3,), rule="wm", mirror_noise="gauss")
+    with pytest.raises(ValueError, match="^mirror_noise='gauss'; allowed: normal"):
+        model.init(jax.random.key(0), jnp.zeros((1, 4)))

@@ -244,6 +244,61 @@ def test_matches_wtfrees_own_layers():
                 )
 
 
+def test_wtfrees_own_layers_take_the_options_noise_as_stock_ones_do():
+    """Converted, wtfree's own layers draw the options' mirror noise and feed the alignment
+    losses the options' input, as the same model written with stock layers does: same Hebbian
+    products and same alignment gradients on the same weights and keys (and not those of
+    normal noise or of the layers' own inputs)."""
+    from wtfree import learn
+
+    class Own(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = layers.Dense(features=5, name="input")(x)
+            x = layers.Dense(features=4, name="hidden")(nn.tanh(x))
+            return layers.Dense(features=2, name="output")(nn.relu(x))
+
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Dense(5, name="input")(x)
+            x = nn.Dense(4, name="hidden")(nn.tanh(x))
+            return nn.Dense(2, name="output")(nn.relu(x))
+
+    x = jax.random.normal(jax.random.key(7), (6, 3))
+    rng = jax.random.key(9)
+
+    def variables(rule):  # the own model's W and B, for both
+        v = convert_lib.convert(Own(), rule).init(jax.random.key(8), x)
+        return {k: v[k] for k in ("params", "feedback")}
+
+    def mirrored(model, noise):
+        converted = convert_lib.convert(model, "wm", mirror_noise=noise)
+        return learn.mirror_step(converted, variables("wm"), (x,), rng)["feedback"]
+
+    def aligned(model, source):
+        converted = convert_lib.convert(model, "wm_reg", alignment_input=source)
+        v = variables("wm_reg")
+
+        def loss(feedback):
+            _, sown = converted.apply(
+                {**v, "feedback": feedback},
+                x,
+                rngs={convert_lib.ALIGNMENT_RNG: rng},
+                mutable=[layers.ALIGNMENT_LOSS],
+            )
+            return learn.alignment_loss(converted, sown)
+
+        return jax.grad(loss)(v["feedback"])
+
+    for make, source in ((mirrored, "uniform"), (aligned, "normal")):
+        own, plain = make(Own(), source), make(Plain(), source)
+        other = make(Plain(), "normal" if make is mirrored else "activations")
+        for name in ("hidden", "output"):
+            np.testing.assert_allclose(own[name][B], plain[name][B], rtol=1e-6, atol=1e-7)
+            assert np.abs(plain[name][B] - other[name][B]).max() > 1e-4
+
+
 def test_bad_options_are_refused_in_one_line():
     with pytest.raises(ValueError, match="unknown rule 'nope'"):
         convert_lib.convert(Stock(), "nope")

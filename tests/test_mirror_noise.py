@@ -88,15 +88,15 @@ def test_mirror_step_moves_b_by_the_closed_form_expectation(distribution):
 
 @pytest.mark.parametrize("distribution", rules.MIRROR_NOISES)
 def test_layer_sows_the_hebbian_product_of_the_configured_noise(distribution):
-    """The layer draws from the stream the mirror step passes: E[H] = n W for each noise."""
-    dense = layers.Dense(features=3, rule="wm")
+    """The layer draws its own distribution from the mirror step's stream: E[H] = n W for each
+    noise."""
+    dense = layers.Dense(features=3, rule="wm", mirror_noise=distribution)
     n = 16
     x = jnp.zeros((n, 5))
     variables = dense.init(jax.random.key(1), x)
-    stream = layers.MIRROR_NOISE_RNGS[distribution]
 
     def sown_h(rng):
-        _, sown = dense.apply(variables, x, rngs={stream: rng}, mutable=[layers.MIRROR])
+        _, sown = dense.apply(variables, x, rngs={layers.MIRROR_RNG: rng}, mutable=[layers.MIRROR])
         return sown[layers.MIRROR]["feedback_kernel"]
 
     hs = jax.vmap(sown_h)(jax.random.split(jax.random.key(5), 2000))
@@ -252,7 +252,7 @@ def test_mirror_step_with_decay_is_the_closed_form():
             "mirror.decay": decay,
             "mirror.learning_rate": eta,
             "mirror.noise_std": sigma,
-            "mirror.noise": "normal",  # the stream below, layers.MIRROR_RNG, is the normal one
+            "mirror.noise": "normal",  # the model's noise (trainer.make_model), drawn below
         },
     )
     trainer = trainer_lib.Trainer(config)

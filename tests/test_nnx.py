@@ -238,6 +238,46 @@ def test_alignment_gradients_equal_the_linen_paths(rule):
         )
 
 
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_alignment_with_noise_input_gives_b_the_closed_form_on_the_layers_draw(distribution):
+    r"""With ``alignment_input`` noise, wm_reg's B gradient is its closed form on the noise the
+    layer draws from its own rngs, scaled by the noise's variance:
+    :math:`2\alpha B - \beta\sigma^2 z^\top z W / n`, z unit-variance noise shaped like the
+    layer's input (not the input itself), for every layer but the input one."""
+    alpha, beta, sigma = 0.3, 0.7, 2.0
+    model = wtfree.nnx.convert(
+        Mlp(nnx.Rngs(1)), "wm_reg", is_input=_is_input, alignment_input=distribution
+    )
+    x = jax.random.normal(jax.random.key(2), (8, 5))
+    y = jax.random.normal(jax.random.key(3), (8, 3))
+    alignment = wtfree.Alignment(
+        coefficients={"wm_reg": {"alpha": alpha, "beta": beta}}, noise_std=sigma
+    )
+    # The keys the loss's pass will draw from: the layers' rngs, copied before it advances them.
+    twin = copy.deepcopy(model)
+    keys = {name: getattr(twin, name).wtfree_rngs.alignment() for name in ("hidden", "output")}
+    inputs = {"hidden": nnx.relu(model.input(x))}
+    inputs["output"] = nnx.relu(model.hidden(inputs["hidden"]))
+
+    def task(model, x, y):
+        return jnp.mean(jnp.square(model(x) - y))
+
+    loss = wtfree.nnx.with_alignment_loss(task, alignment)
+    grads = nnx.grad(loss, argnums=nnx.DiffState(0, wtfree.nnx.trainable(model)))(model, x, y)
+    for name in ("hidden", "output"):
+        layer, shape = getattr(model, name), inputs[name].shape
+        if distribution == "normal":
+            z = jax.random.normal(keys[name], shape)
+        else:
+            z = jax.random.uniform(keys[name], shape, minval=-np.sqrt(3), maxval=np.sqrt(3))
+        w, b = layer.kernel[...], layer.feedback_kernel[...]
+        want = 2 * alpha * b - beta * sigma**2 * z.T @ z @ w / shape[0]
+        on_input = 2 * alpha * b - beta * sigma**2 * inputs[name].T @ inputs[name] @ w / shape[0]
+        got = grads[name]["feedback_kernel"][...]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        assert np.abs(got - on_input).max() > 1e-2  # not the layer's own input
+
+
 @pytest.mark.parametrize("rule", ["wm", "sa", "ia"])
 def test_mirror_and_alignment_rules_train_with_nnx_optimizer(rule):
     """The documented NNX step for wm and the alignment rules: the mirror step, then the

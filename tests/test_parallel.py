@@ -70,7 +70,7 @@ def test_mirror_step_per_device_keeps_b_identical_and_averages_the_hebbian_updat
         _, sown = trainer.model.apply(
             variables,
             x,
-            rngs={layers.MIRROR_NOISE_RNGS[config.mirror.noise]: jax.random.fold_in(rng, d)},
+            rngs={layers.MIRROR_RNG: jax.random.fold_in(rng, d)},
             mutable=[layers.MIRROR],
         )
         per_device.append(traverse_util.flatten_dict(sown[layers.MIRROR]))

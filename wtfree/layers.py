@@ -31,24 +31,18 @@ ALIGNMENT_LOSS = "alignment_loss"  # sown primitives of LOSS rules' alignment lo
 BY_ALIGNMENT_LOSS = optim.BY_ALIGNMENT_LOSS
 BY_GRADIENT = optim.BY_GRADIENT
 
-# Random streams: "feedback" for rules that draw in the backward pass (brSF); "mirror" switches
-# a layer into mirror mode and draws its noise.
+# Random streams, one per purpose and used only for randomness: "feedback" for rules that draw
+# in the backward pass (brSF), "mirror" for the mirror noise, "alignment" for the alignment
+# losses' noise input. Which distribution each draws is a value (a layer's ``mirror_noise`` and
+# ``alignment_input``, ``wtfree.convert``'s options of the same names), never a stream's name.
 FEEDBACK_RNG = "feedback"
 MIRROR_RNG = "mirror"
-# The mirror step passes one of these streams: its name says the noise's distribution
-# (``mirror.noise``; rules.draw_noise). "mirror" stays the normal noise's, as before.
-MIRROR_NOISE_RNGS = {
-    "normal": MIRROR_RNG,
-    "rademacher": "mirror_rademacher",
-    "uniform": "mirror_uniform",
-}
+ALIGNMENT_RNG = "alignment"
 # In a mirror apply, how many noise vectors each mirrored layer draws (``mirror_batch_sizes``).
 _MIRROR_BATCH_SIZE = contextvars.ContextVar("wtfree_mirror_batch_size", default=None)
-# Either stream, when present, feeds the alignment losses unit-variance noise of that
-# distribution instead of the layer's own input.
-ALIGNMENT_NOISE_RNGS = {"normal": "alignment_normal", "uniform": "alignment_uniform"}
-# What an alignment loss can take as its input x: the layer's own input, or noise.
-ALIGNMENT_INPUTS = ("activations", *ALIGNMENT_NOISE_RNGS)
+# What an alignment loss can take as its input x: the layer's own input, or unit-variance noise
+# of that distribution.
+ALIGNMENT_INPUTS = ("activations", "normal", "uniform")
 
 
 def init_std(scale: float, mode: str, shape: Sequence[int]) -> float:
@@ -74,13 +68,25 @@ class _RuleLinear(nn.Module):
     # The layer reads the network's input: the error it would send down reaches no parameter,
     # so its B is never used. It is not mirrored (wasted work) and not measured (meaningless).
     input_layer: bool = False
+    # The mirror noise's distribution in a mirror apply (``rules.MIRROR_NOISES``) and what the
+    # alignment losses read (``ALIGNMENT_INPUTS``): values, as ``wtfree.convert``'s options.
+    mirror_noise: str = "normal"
+    alignment_input: str = "activations"
+
+    def __post_init__(self):
+        if self.mirror_noise not in rules.MIRROR_NOISES:
+            allowed = ", ".join(rules.MIRROR_NOISES)
+            raise ValueError(f"mirror_noise={self.mirror_noise!r}; allowed: {allowed}")
+        if self.alignment_input not in ALIGNMENT_INPUTS:
+            allowed = ", ".join(ALIGNMENT_INPUTS)
+            raise ValueError(f"alignment_input={self.alignment_input!r}; allowed: {allowed}")
+        super().__post_init__()
 
     def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
         kernel_init = nn.initializers.variance_scaling(
             self.kernel_scale, self.kernel_mode, self.kernel_distribution
         )
         w = self.param("kernel", kernel_init, kernel_shape, self.param_dtype)
-        mirror = [d for d, stream in MIRROR_NOISE_RNGS.items() if self.has_rng(stream)]
         y = apply_rule(
             self,
             f,
@@ -94,9 +100,8 @@ class _RuleLinear(nn.Module):
             ),
             std=init_std(self.kernel_scale, self.kernel_mode, kernel_shape),
             input_layer=self.input_layer,
-            mirror_noise=mirror[0] if mirror else None,
-            mirror_rng=MIRROR_NOISE_RNGS[mirror[0]] if mirror else None,
-            alignment_input=self._alignment_input_name(),
+            mirror_noise=self.mirror_noise if mirroring(self) else None,
+            alignment_input=self.alignment_input,
             dtype=self.dtype,
         )
         if self.use_bias:
@@ -104,14 +109,11 @@ class _RuleLinear(nn.Module):
             y = y + jnp.asarray(bias, y.dtype)
         return self.perturb("delta", y, collection=PERTURBATIONS)
 
-    def _alignment_input_name(self) -> str:
-        """What the alignment loss is fed: unit-variance noise if a noise stream is given
-        (``ALIGNMENT_NOISE_RNGS``; the train step scales by the noise's variance), else the
-        layer's own input."""
-        for distribution, stream in ALIGNMENT_NOISE_RNGS.items():
-            if self.has_rng(stream):
-                return distribution
-        return "activations"
+
+def mirroring(module: nn.Module) -> bool:
+    """Whether ``module`` is in a mirror apply: one with the ``MIRROR`` collection mutable
+    (``wtfree.mirror_step``, ``steps.make_mirror_step``), not an init."""
+    return module.is_mutable_collection(MIRROR) and not module.is_initializing()
 
 
 def apply_rule(
@@ -152,11 +154,10 @@ def apply_rule(
       dtype: the computation dtype (None: promote x, W and B).
       sow_at_init: whether an init sows the measurements and the alignment loss too.
       **settings: what the kinds' ``sow`` hooks read (``kinds.LayerCall.settings``):
-        ``mirror_noise``, in a mirror apply the noise's distribution (``rules.MIRROR_NOISES``),
-        and ``mirror_rng``, the stream it is drawn from (default ``MIRROR_RNG``);
-        ``alignment_input``, ``activations`` (the default) or a noise distribution
-        (``ALIGNMENT_NOISE_RNGS``), and ``alignment_rng``, the stream alignment noise is drawn
-        from (default: the distribution's).
+        ``mirror_noise``, in a mirror apply (:func:`mirroring`) the noise's distribution
+        (``rules.MIRROR_NOISES``), drawn from ``MIRROR_RNG``, else None; ``alignment_input``,
+        ``activations`` (the default) or a noise distribution (``ALIGNMENT_INPUTS``), drawn
+        from ``ALIGNMENT_RNG``.
 
     Returns:
       ``f(x, W)``, without bias.
@@ -250,6 +251,10 @@ class Dense(_RuleLinear):
       feedback_scale: a stored B is drawn like W, then multiplied by this.
       input_layer: the layer reads the network's input, so its B sends no error anywhere:
         it gets no mirror batch and no alignment measurement.
+      mirror_noise: the mirror noise's distribution in a mirror apply (``rules.MIRROR_NOISES``;
+        drawn from the ``MIRROR_RNG`` stream).
+      alignment_input: what the alignment losses read, ``activations`` (the layer's input) or
+        unit-variance ``normal`` / ``uniform`` noise (drawn from the ``ALIGNMENT_RNG`` stream).
     """
 
     features: int = 0

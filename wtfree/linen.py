@@ -52,7 +52,7 @@ DIRECT_KERNEL = "direct_kernel"
 # The streams a converted model draws from: brSF's feedback magnitudes (``layers.FEEDBACK_RNG``),
 # the mirror noise and the alignment losses' noise. Which distribution is an option, not a name.
 MIRROR_RNG = layers.MIRROR_RNG
-ALIGNMENT_RNG = "alignment"
+ALIGNMENT_RNG = layers.ALIGNMENT_RNG
 ALIGNMENT_INPUTS = layers.ALIGNMENT_INPUTS
 
 
@@ -195,7 +195,13 @@ def _intercept(options: Options, inputs: Sequence[Array], error, next_fun, args,
         # locally) and it stores no B shaped like W, so no angle of W to itself is measured.
         args = (_direct_input(module, options, x, error), *args[1:])
     if own:
-        fields = {"rule": name, "feedback_scale": options.feedback_scale, "input_layer": is_input}
+        fields = {
+            "rule": name,
+            "feedback_scale": options.feedback_scale,
+            "input_layer": is_input,
+            "mirror_noise": options.mirror_noise,
+            "alignment_input": options.alignment_input,
+        }
         with _swapped(module, **fields):
             return next_fun(*args, **kwargs)
     rule = rules.get(name)
@@ -319,8 +325,6 @@ def _apply(
         b = options.feedback_scale * jnp.reshape(b, w.shape)
         return b
 
-    mirror_noise, mirror_rng = _mirror_noise(module, options)
-    alignment_input, alignment_rng = _alignment_input(module, options)
     mask = getattr(module, "mask", None)
     if mask is not None:
         # A masked conv's W is kernel * mask (the stock layer does it); its B is masked alike.
@@ -336,39 +340,12 @@ def _apply(
         std=layers.init_std(1.0, "fan_in", shape),
         input_layer=is_input,
         feedback_name=FEEDBACK_KERNEL,
-        mirror_noise=mirror_noise,
-        mirror_rng=mirror_rng,
-        alignment_input=alignment_input,
-        alignment_rng=alignment_rng,
+        mirror_noise=options.mirror_noise if layers.mirroring(module) else None,
+        alignment_input=options.alignment_input,
         dtype=w.dtype,
         sow_at_init=False,
     )
     return module.perturb("delta", y, collection=layers.PERTURBATIONS)
-
-
-def _mirror_noise(module: nn.Module, options: Options) -> tuple[str | None, str]:
-    """The mirror noise's distribution and stream: the options', or, where wtfree's own train
-    step names the distribution by its stream (``layers.MIRROR_NOISE_RNGS``), that one."""
-    if not _mirroring(module):
-        return None, MIRROR_RNG
-    for distribution, stream in layers.MIRROR_NOISE_RNGS.items():
-        if stream != MIRROR_RNG and module.has_rng(stream):
-            return distribution, stream
-    return options.mirror_noise, MIRROR_RNG
-
-
-def _alignment_input(module: nn.Module, options: Options) -> tuple[str, str]:
-    """What the alignment losses read: the options' input, or noise where wtfree's own train
-    step passes a noise stream (``layers.ALIGNMENT_NOISE_RNGS``)."""
-    for distribution, stream in layers.ALIGNMENT_NOISE_RNGS.items():
-        if module.has_rng(stream):
-            return distribution, stream
-    return options.alignment_input, ALIGNMENT_RNG
-
-
-def _mirroring(module: nn.Module) -> bool:
-    """A mirror apply is one with the ``mirror`` collection mutable (``wtfree.mirror_step``)."""
-    return module.is_mutable_collection(layers.MIRROR) and not module.is_initializing()
 
 
 def _masked_feedback(f, mask):

@@ -202,7 +202,6 @@ def _apply(layer, f, x, w) -> Array:
         settings = {
             "mirror_noise": layer.wtfree_mirror_noise if mirroring else None,
             "alignment_input": layer.wtfree_alignment_input,
-            "alignment_rng": "alignment",
         }
         sower = _Sower(layer, sowing)
         call = kinds.LayerCall(sower, rule, f, x, w, b, False, "feedback_kernel", True, settings)

@@ -212,7 +212,6 @@ def make_mirror_step(
     learning_rate,
     decay,
     noise_std,
-    noise: str = "normal",
     per_layer_batch: bool = False,
 ):
     r"""``mirror_step(state, rng) -> state``: one weight-mirror batch for every ``wm`` layer.
@@ -221,12 +220,14 @@ def make_mirror_step(
     (the key folded with the device index), measures the Hebbian product H, and ``lax.pmean``
     averages H so that B stays identical everywhere:
     :math:`B \leftarrow B + \eta\sigma^2\,\mathrm{mean}_d H_d - \lambda B`.
-    ``input_shape`` is the per-device noise batch (batch first); ``noise`` its distribution
-    (``rules.MIRROR_NOISES``, unit variance). The model's forward values are unused, so XLA
-    drops them. ``per_layer_batch``: each layer draws its own share of that batch, sized by B's
-    closed-form noise (``kinds.mirror.hebbian_products``).
+    ``input_shape`` is the per-device noise batch (batch first); the noise's distribution
+    (``rules.MIRROR_NOISES``, unit variance) is the model's own value (its ``mirror_noise``:
+    ``wtfree.convert``'s option, wtfree's own models' field), drawn from ``layers.MIRROR_RNG``.
+    The model's forward values are unused, so XLA drops them. ``per_layer_batch``: each layer
+    draws its own share of that batch, sized by B's closed-form noise
+    (``kinds.mirror.hebbian_products``).
     """
-    hebbian = _make_hebbian(model, input_shape, noise, per_layer_batch)
+    hebbian = _make_hebbian(model, input_shape, per_layer_batch)
 
     def per_device(variables, rng):
         # Mark W as differing per device: the Hebbian product is a vjp w.r.t. W, and a vjp
@@ -247,18 +248,16 @@ def make_mirror_step(
     return mirror_step
 
 
-def _make_hebbian(model, input_shape, noise: str, per_layer_batch: bool = False):
+def _make_hebbian(model, input_shape, per_layer_batch: bool = False):
     """``hebbian(variables, rng) -> H``: every ``wm`` layer's Hebbian product on one noise batch
-    of ``input_shape`` (or each layer's share of it), drawn from ``noise``; the mesh-free core
-    of ``make_mirror_step``."""
-    if noise not in layers.MIRROR_NOISE_RNGS:
-        raise ValueError(f"mirror.noise={noise!r}; allowed: {', '.join(layers.MIRROR_NOISE_RNGS)}")
-    stream = layers.MIRROR_NOISE_RNGS[noise]
+    of ``input_shape`` (or each layer's share of it), of the model's noise distribution; the
+    mesh-free core of ``make_mirror_step``."""
 
     def hebbian(variables, rng):
         def apply():
             x = jnp.zeros(input_shape, jnp.float32)
-            _, sown = _apply(model, variables, x, False, {stream: rng}, [layers.MIRROR])
+            rngs = {layers.MIRROR_RNG: rng}
+            _, sown = _apply(model, variables, x, False, rngs, [layers.MIRROR])
             return sown.get(layers.MIRROR, {})
 
         return mirror_kind.hebbian_products(apply, input_shape[0], per_layer_batch)

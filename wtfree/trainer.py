@@ -19,10 +19,11 @@ def make_model(config: ml_collections.ConfigDict, num_classes: int):
     if config.get("output_rule"):
         rules.get(config.output_rule)
     kwargs = dict(config.get("model_kwargs", {}))
-    if config.model in models.STOCK:
-        # wtfree.convert's options, from the config's values: each kind reads its section.
-        for kind in kinds.registered():
-            kwargs.update(kind.convert_options(config))
+    # The kinds' options as values (the mirror noise's distribution, the alignment losses'
+    # input), each from its kind's section: wtfree.convert's options for a stock model, the
+    # fields of the same names of wtfree's own.
+    for kind in kinds.registered():
+        kwargs.update(kind.convert_options(config))
     dtype = jnp.dtype(config.get("dtype", "float32"))
     return models.get(config.model)(
         num_classes=num_classes,

@@ -11,8 +11,8 @@ Where each hook is called:
 - ``wtfree.learn.make_train_step`` (the library's step): ``before_step``, ``mutable``, ``loss``,
   with the settings object the user passed for the kind (the keyword ``settings_name``; absent:
   ``default_settings()``).
-- ``wtfree.trainer.make_model``: ``convert_options`` (a converted model's options from the
-  kind's config section).
+- ``wtfree.trainer.make_model``: ``convert_options`` (the model's options from the kind's
+  config section: convert's for a stock model, the fields of the same names of wtfree's own).
 - ``wtfree.trainer.Trainer`` (train.py's step, from a config): ``step_extra`` (what the kind adds
   to ``steps.make_train_step``: collections, random streams, a loss) and ``make_state_step``
   (a step on the whole train state after the train step, and before training: the weight
@@ -91,9 +91,10 @@ class LayerCall:
       input_layer: the layer reads the network's input: its B sends no error anywhere.
       feedback_name: B's leaf name in ``feedback``, under which a kind sows what is B's.
       sowing: whether this apply sows measurements and losses (False at an init that does not).
-      settings: the keywords ``apply_rule`` was given for the kinds (``mirror_noise``,
-        ``mirror_rng``: the mirror kind's; ``alignment_input``, ``alignment_rng``: the loss
-        kind's); each kind reads its own and owns their defaults.
+      settings: the keywords ``apply_rule`` was given for the kinds, as values
+        (``mirror_noise``: the mirror kind's, None outside a mirror apply; ``alignment_input``:
+        the loss kind's); each kind reads its own, owns their defaults and draws from its one
+        stream (``layers.MIRROR_RNG``, ``layers.ALIGNMENT_RNG``).
     """
 
     module: Any
@@ -177,7 +178,8 @@ class Kind:
         (``mirror``, ``alignment``); None: the kind has none.
       default_settings: ``() -> settings``, used where the user gave none.
       convert_options: ``(config) -> dict``, options of ``wtfree.convert`` from the kind's
-        config section, for train.py's stock models (``trainer.make_model``).
+        config section, given to train.py's models (``trainer.make_model``): to convert for a
+        stock model, as fields of the same names to wtfree's own.
       mutable: the collections the train step's apply makes mutable for ``loss``.
       before_step: ``(model, variables, inputs, rng, settings, step) -> variables``, run before
         each train step (the weight mirror's step).

@@ -70,7 +70,10 @@ def step_extra(alignment: Any) -> StepExtra:
     ``alignment.input_std`` (measured at unit variance, and the primitives are quadratic in the
     input: scaled by its square); ``alignment.coefficients`` maps each rule to its alpha, beta,
     gamma (``wtfree.rules.alignment``); ``alignment.positions`` (``sum`` or ``mean``) whether a
-    conv's primitives that read x sum or average over its output positions.
+    conv's primitives that read x sum or average over its output positions. The model reads
+    the same input as a value (its ``alignment_input``, which ``wtfree.trainer.make_model``
+    sets from the same config); the step only passes the noise's stream,
+    ``layers.ALIGNMENT_RNG``.
 
     Raises:
       ValueError: ``alignment.input`` is none of ``layers.ALIGNMENT_INPUTS`` (one line).
@@ -79,13 +82,12 @@ def step_extra(alignment: Any) -> StepExtra:
     if source not in layers.ALIGNMENT_INPUTS:
         allowed = ", ".join(layers.ALIGNMENT_INPUTS)
         raise ValueError(f"alignment.input={source!r}; allowed: {allowed}")
-    stream = layers.ALIGNMENT_NOISE_RNGS.get(source)
 
     def rngs(state) -> dict:
-        if stream is None:
+        if source == "activations":
             return {}
         rng = jax.random.fold_in(jax.random.fold_in(state["rng"], _RNG_STREAM), state["step"])
-        return {stream: rng}
+        return {layers.ALIGNMENT_RNG: rng}
 
     scale = 1.0 if source == "activations" else alignment.input_std**2
     coefficients = {k: dict(v) for k, v in dict(alignment.coefficients).items()}
@@ -103,16 +105,15 @@ def _sow(call: LayerCall) -> None:
     (``rules.alignment.primitives``) and its number of output positions under the rule's name;
     an input layer, whose B sends no error anywhere, has no alignment loss. The primitives read
     ``alignment_input`` (``activations``, or unit-variance noise of that distribution drawn
-    from ``alignment_rng``, by default the distribution's stream)."""
+    from ``layers.ALIGNMENT_RNG``)."""
     rule, module = call.rule, call.module
     if rule.alignment is None or call.input_layer or not call.sowing:
         return
     if not module.is_mutable_collection(layers.ALIGNMENT_LOSS):
         return
     source = call.settings.get("alignment_input", "activations")
-    stream = call.settings.get("alignment_rng") or layers.ALIGNMENT_NOISE_RNGS.get(source)
     x, w = call.x, call.w
-    x_loss = _alignment_input(module, x, w.dtype, source, stream)
+    x_loss = _alignment_input(module, x, w.dtype, source)
     values = rules.alignment.primitives(call.f, x_loss, w, call.b, rule.alignment.primitives)
     # Output positions (1 for dense), for the train step's per-position mean option.
     _, positions = rules.fan_in_and_positions(call.f, x.shape, w)
@@ -120,14 +121,16 @@ def _sow(call: LayerCall) -> None:
     module.sow(layers.ALIGNMENT_LOSS, rule.name, values, reduce_fn=layers.keep_last)
 
 
-def _alignment_input(module, x: Array, dtype, source: str, stream: str | None):
+def _alignment_input(module, x: Array, dtype, source: str):
     """The alignment loss's input: unit-variance noise of distribution ``source`` drawn from
-    ``stream``, or (``activations``) the layer's own input; gradient stopped either way."""
+    ``layers.ALIGNMENT_RNG``, or (``activations``) the layer's own input; gradient stopped
+    either way."""
     if source == "normal":
-        return jax.random.normal(module.make_rng(stream), x.shape, dtype)
+        return jax.random.normal(module.make_rng(layers.ALIGNMENT_RNG), x.shape, dtype)
     if source == "uniform":
         half_width = math.sqrt(3.0)  # U(-a, a) has variance a^2 / 3
-        return jax.random.uniform(module.make_rng(stream), x.shape, dtype, -half_width, half_width)
+        rng = module.make_rng(layers.ALIGNMENT_RNG)
+        return jax.random.uniform(rng, x.shape, dtype, -half_width, half_width)
     if source != "activations":
         allowed = ", ".join(layers.ALIGNMENT_INPUTS)
         raise ValueError(f"alignment input {source!r}; allowed: {allowed}")
@@ -135,7 +138,8 @@ def _alignment_input(module, x: Array, dtype, source: str, stream: str | None):
 
 
 def _convert_options(config) -> dict:
-    """What a converted model's alignment losses read, from ``config.alignment.input``."""
+    """What the model's alignment losses read (``alignment_input``: convert's option, and the
+    field of wtfree's own models), from ``config.alignment.input``."""
     return {"alignment_input": config.get("alignment", {}).get("input", "activations")}
 
 

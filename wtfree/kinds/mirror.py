@@ -157,20 +157,22 @@ def _before_step(model, variables, inputs, rng, settings, step):
 
 
 def _sow(call: LayerCall) -> None:
-    """In a mirror apply (``mirror_noise`` given), a layer sows its Hebbian product
-    (``layers._mirror_hebbian``) in ``layers.MIRROR`` under B's name; an input layer, whose B
-    sends no error anywhere, is not mirrored."""
+    """In a mirror apply (``mirror_noise`` given: the noise's distribution), a layer sows its
+    Hebbian product (``layers._mirror_hebbian``, noise drawn from ``layers.MIRROR_RNG``) in
+    ``layers.MIRROR`` under B's name; an input layer, whose B sends no error anywhere, is not
+    mirrored."""
     noise = call.settings.get("mirror_noise")
     if noise is None or call.input_layer:
         return
     module = call.module
-    rng = module.make_rng(call.settings.get("mirror_rng") or MIRROR_RNG)
+    rng = module.make_rng(MIRROR_RNG)
     h = layers._mirror_hebbian(call.f, call.x, call.w, rng, noise)
     module.sow(layers.MIRROR, call.feedback_name, h, reduce_fn=layers.keep_last)
 
 
 def _convert_options(config) -> dict:
-    """The mirror noise's distribution for a converted model, from ``config.mirror.noise``."""
+    """The model's mirror noise distribution (``mirror_noise``: convert's option, and the field
+    of wtfree's own models), from ``config.mirror.noise``."""
     return {"mirror_noise": config.get("mirror", {}).get("noise", "normal")}
 
 
@@ -188,7 +190,6 @@ def _make_state_step(model, mesh, config, image_shape) -> StateStep:
         learning_rate=m.learning_rate,
         decay=m.decay,
         noise_std=m.noise_std,
-        noise=m.get("noise", "normal"),
         per_layer_batch=m.get("per_layer_batch", False),
     )
     return StateStep(step, every=m.every, pretrain=m.pretrain_batches)

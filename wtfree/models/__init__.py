@@ -1,8 +1,9 @@
 """Models by name: each module exports `Model`; ResNet presets fix its structural fields.
 
 Every entry is called as ``MODELS[name](num_classes=..., rule=..., output_rule=..., dtype=...,
-**model_kwargs)``. wtfree's own models take the rule as a field; a model written with stock
-Flax layers only (``STOCK``) is built without it and given the rule by ``wtfree.convert``.
+mirror_noise=..., alignment_input=..., **model_kwargs)``. wtfree's own models take the rule and
+these options as fields; a model written with stock Flax layers only (``STOCK``) is built
+without them and given them by ``wtfree.convert``.
 """
 
 import dataclasses

@@ -44,6 +44,8 @@ class Model(nn.Module):
         they come. biotorch's LeNet-MNIST takes MNIST resized to 32x32.
       input_mean, input_std: then standardize the pixels, (x - mean) / std (the data pipeline
         gives pixel / 255); biotorch uses MNIST's 0.1307 and 0.3081.
+      mirror_noise, alignment_input: the mirror noise's distribution and what the alignment
+        losses read (``layers.Dense``'s; ``wtfree.convert``'s options of the same names).
     """
 
     num_classes: int
@@ -57,6 +59,8 @@ class Model(nn.Module):
     input_size: int | None = None
     input_mean: float = 0.0
     input_std: float = 1.0
+    mirror_noise: str = "normal"
+    alignment_input: str = "activations"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -69,6 +73,8 @@ class Model(nn.Module):
             kernel_mode=self.kernel_mode,
             kernel_distribution=self.kernel_distribution,
             dtype=self.dtype,
+            mirror_noise=self.mirror_noise,
+            alignment_input=self.alignment_input,
         )
         carrier = jnp.zeros((x.shape[0], self.num_classes), self.dtype or jnp.float32)
         hidden = 0

@@ -37,6 +37,8 @@ class Model(nn.Module):
       kernel_scale, kernel_mode, kernel_distribution: the variance-scaling init of W and B.
       feedback_scale: a stored B is drawn like W, then multiplied by this.
       random_bias: draw biases like W (the seed does) instead of zeros.
+      mirror_noise, alignment_input: the mirror noise's distribution and what the alignment
+        losses read (``layers.Dense``'s; ``wtfree.convert``'s options of the same names).
     """
 
     num_classes: int
@@ -49,6 +51,8 @@ class Model(nn.Module):
     kernel_distribution: str = "truncated_normal"
     feedback_scale: float = 1.0
     random_bias: bool = False
+    mirror_noise: str = "normal"
+    alignment_input: str = "activations"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -78,6 +82,8 @@ class Model(nn.Module):
                 dtype=self.dtype,
                 name="output" if last else f"hidden_{i}",
                 input_layer=i == 0,
+                mirror_noise=self.mirror_noise,
+                alignment_input=self.alignment_input,
             )(x)
             if not last:
                 x = act(x)

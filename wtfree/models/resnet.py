@@ -163,6 +163,8 @@ class Model(nn.Module):
       output_rule: the rule of the output layer (None: ``rule``).
       zero_init_residual: start each block's last BN scale at zero, so that each block starts
         as the identity (Goyal et al. 2017).
+      mirror_noise, alignment_input: the mirror noise's distribution and what the alignment
+        losses read (``layers.Dense``'s; ``wtfree.convert``'s options of the same names).
       dtype: the compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     """
 
@@ -175,6 +177,8 @@ class Model(nn.Module):
     rule: str = "bp"
     output_rule: str | None = None
     zero_init_residual: bool = False
+    mirror_noise: str = "normal"
+    alignment_input: str = "activations"
     dtype: jnp.dtype | None = None
 
     @nn.compact
@@ -186,7 +190,8 @@ class Model(nn.Module):
         per_layer = direct and not rule.block_wise
         if per_layer:
             check_direct_feedback(self, x.shape[1:])
-        conv = partial(_conv, rule=self.rule, dtype=self.dtype)
+        feedback = dict(mirror_noise=self.mirror_noise, alignment_input=self.alignment_input)
+        conv = partial(_conv, rule=self.rule, dtype=self.dtype, **feedback)
         norm = partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -233,6 +238,7 @@ class Model(nn.Module):
             rule=self.output_rule or self.rule,
             dtype=self.dtype,
             name="output",
+            **feedback,
         )(x)
         if direct:
             x = rules.direct_feedback_output(x, carrier)
