@@ -5,9 +5,12 @@ r"""Markdown tables of a sweep's runs: test accuracy per epoch, and per layer th
 Reads every ``<dir>/*/metrics.jsonl``. Runs named ``<rule>_s<seed>``: seeds of one rule are
 averaged (mean, and the spread max - min in parentheses). Angles are the last logged values,
 averaged over a rule's finished runs (over its unfinished ones where none finished).
+``--by_layer`` prints the angle tables transposed, a row per layer and a column per rule: for a
+model with more layers than rules (the ViT's 25).
 """
 
 import collections
+import os
 import statistics
 import sys
 
@@ -27,7 +30,7 @@ def load(workdir: epath.Path) -> tuple[dict[int, float], dict[str, float]]:
     return accuracy, last
 
 
-def main(root: str) -> None:
+def main(root: str, by_layer: bool = False) -> None:
     runs = collections.defaultdict(list)
     for workdir in sorted(paths.as_path(root).iterdir()):
         if (workdir / "metrics.jsonl").exists():
@@ -64,27 +67,37 @@ def main(root: str) -> None:
         )
         if not layers:
             continue
-        print(f"{kind} at the end (mean over seeds):\n")
-        print("| rule | " + " | ".join(layers) + " |")
-        print("|---|" + "---|" * len(layers))
+        cells = {}
         for rule, results in runs.items():
             # Angles of finished runs only, where a rule has any (a new seed's are early ones).
             done = [r for r in results if epochs[-1] in r[0]]
             results = done or results
-            cells = []
             for layer in layers:
                 values = [
                     a[f"align/{kind}/{layer}"] for _, a in results if f"align/{kind}/{layer}" in a
                 ]
                 fmt = "{:.2f}" if kind == "norm_ratio" else "{:.1f}"
-                cells.append(fmt.format(statistics.mean(values)) if values else "–")
-            print(f"| {rule} | " + " | ".join(cells) + " |")
+                cells[rule, layer] = fmt.format(statistics.mean(values)) if values else "–"
+        print(f"{kind} at the end (mean over seeds):\n")
+        rows, columns = (layers, list(runs)) if by_layer else (list(runs), layers)
+        print(f"| {'layer' if by_layer else 'rule'} | " + " | ".join(columns) + " |")
+        print("|---|" + "---|" * len(columns))
+        for row in rows:
+            keys = [(c, row) if by_layer else (row, c) for c in columns]
+            print(f"| {row} | " + " | ".join(cells[k] for k in keys) + " |")
         print()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not paths.as_path(sys.argv[-1]).is_dir():
+    args = [a for a in sys.argv[1:] if a != "--by_layer"]
+    if len(args) != 1 or not paths.as_path(args[0]).is_dir():
         given = sys.argv[1:] or "nothing"
-        print(f"results_table.py: got {given}; allowed: one sweep directory", file=sys.stderr)
+        print(
+            f"results_table.py: got {given}; allowed: one sweep directory [--by_layer]",
+            file=sys.stderr,
+        )
         sys.exit(2)
-    main(sys.argv[1])
+    try:
+        main(args[0], by_layer="--by_layer" in sys.argv[1:])
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
