@@ -28,24 +28,79 @@ def flatten_dense(x: Array, w: Array) -> Array:
     return x.reshape(x.shape[0], -1) @ w
 
 
-def make_conv(strides: tuple[int, int] = (1, 1), padding: str = "VALID", pool: int = 1) -> LinearFn:
+@dataclasses.dataclass(frozen=True)
+class Conv:
     """A 2-d convolution (NHWC input, HWIO kernel), then ``pool`` x ``pool`` average pooling.
 
-    Average pooling is linear, so the pooled convolution is still linear in x and in W and the
-    same ``jax.vjp`` gives both of its transposes (a LeNet without max pooling).
+    Average pooling is linear, so the pooled convolution is still linear in x and in W and
+    ``jax.vjp`` gives both of its transposes (a LeNet without max pooling). The transpose in x,
+    which the settling loops apply every step, is the op's own ``transpose_x``: the same map
+    written as a forward convolution with the flipped kernel in HWIO. ``jax.vjp``'s form
+    (the kernel as HWOI) runs 3-4x slower inside XLA:CPU's while loop (jax-ml/jax#12868;
+    docs/settling.md, "Cost of a settling step").
     """
 
-    def conv(x: Array, w: Array) -> Array:
-        y = jax.lax.conv_general_dilated(
-            x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )
-        if pool > 1:
-            y = jax.lax.reduce_window(
-                y, 0.0, jax.lax.add, (1, pool, pool, 1), (1, pool, pool, 1), "VALID"
-            ) / (pool * pool)
-        return y
+    strides: tuple[int, int] = (1, 1)
+    padding: str | tuple[tuple[int, int], ...] = "VALID"
+    pool: int = 1
 
-    return conv
+    def conv(self, x: Array, w: Array) -> Array:
+        return jax.lax.conv_general_dilated(
+            x, w, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    def pooling(self, y: Array) -> Array:
+        window = (1, self.pool, self.pool, 1)
+        return jax.lax.reduce_window(y, 0.0, jax.lax.add, window, window, "VALID") / (
+            self.pool * self.pool
+        )
+
+    def __call__(self, x: Array, w: Array) -> Array:
+        y = self.conv(x, w)
+        return self.pooling(y) if self.pool > 1 else y
+
+    def transpose_x(self, x: Array, w: Array, g: Array) -> Array:
+        r""":math:`J_x f(\cdot, W)^\top g`, equal to ``jax.vjp``'s, as a forward convolution.
+
+        With input size n, kernel size k, stride s, low padding p and output size m per
+        spatial axis, the transpose convolves g dilated by s, padded by (k - 1 - p) below and
+        (n - 1 + p - (m - 1) s) above, with the kernel flipped in space and its two channel
+        axes swapped (jax's ``_conv_general_vjp_lhs_padding``, with the kernel laid out HWIO).
+        """
+        if self.pool > 1:
+            y = jax.eval_shape(self.conv, x, w)
+            g = jax.linear_transpose(self.pooling, jax.ShapeDtypeStruct(y.shape, g.dtype))(g)[0]
+        window = w.shape[:2]
+        pads = self.padding
+        if isinstance(pads, str):
+            pads = jax.lax.padtype_to_pads(x.shape[1:3], window, self.strides, pads)
+        pads = [
+            (k - 1 - lo, n - 1 + lo - (m - 1) * s)
+            for k, (lo, _), n, m, s in zip(
+                window, pads, x.shape[1:3], g.shape[1:3], self.strides, strict=True
+            )
+        ]
+        kernel = jnp.flip(w, (0, 1)).swapaxes(2, 3)
+        return jax.lax.conv_general_dilated(
+            g,
+            kernel,
+            (1, 1),
+            pads,
+            lhs_dilation=self.strides,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+
+def make_conv(
+    strides: tuple[int, int] = (1, 1),
+    padding: str | Sequence[tuple[int, int]] = "VALID",
+    pool: int = 1,
+) -> Conv:
+    """A 2-d convolution (NHWC input, HWIO kernel), then ``pool`` x ``pool`` average pooling
+    (``Conv``): ``padding`` is "VALID", "SAME" or one (low, high) pair per spatial axis."""
+    if not isinstance(padding, str):
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return Conv(tuple(int(s) for s in strides), padding, int(pool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +109,8 @@ class Layer:
 
     Attributes:
       f: the linear op ``f(x, W) -> a``, linear in each argument; its output's last axis
-        holds the features the bias is added to.
+        holds the features the bias is added to. It may carry ``f.transpose_x(x, M, g)``, its
+        transpose in x at the matrix M, to be used instead of ``jax.vjp``'s (``transpose_x``).
       activation: applied to ``a``; elementwise or not (its derivative is taken by ``jax.vjp``).
     """
 
@@ -101,8 +157,12 @@ def forward(model: Model, params: Params, x: Array) -> tuple[list[Array], list[A
 def transpose_x(f: LinearFn, x: Array, m: Array, g: Array) -> Array:
     r""":math:`J_x f(\cdot, M)^\top g`: the error g sent down through M (``g @ M.T`` for dense).
 
-    f is linear in x, so the result does not depend on x's value, only on its shape.
+    f is linear in x, so the result does not depend on x's value, only on its shape. An op
+    that has its own ``transpose_x(x, m, g)`` (``Conv``) gives it; any other op, ``jax.vjp``.
     """
+    own = getattr(f, "transpose_x", None)
+    if own is not None:
+        return own(x, m, g)
     _, vjp = jax.vjp(lambda x_: f(x_, m), x)
     return vjp(g)[0]
 
