@@ -34,8 +34,8 @@ import jax.numpy as jnp
 import optax
 
 from wtfree import errors, layers, metrics, rules, settling
-from wtfree.kinds import FROZEN, Kind
-from wtfree.models import convnet, mlp
+from wtfree.kinds import FROZEN, Kind, settling_resnet
+from wtfree.models import convnet, mlp, resnet
 
 Array = jax.Array
 FEEDBACK_INITS = ("random", "neg_transpose")
@@ -43,8 +43,17 @@ FEEDBACK_INITS = ("random", "neg_transpose")
 STATE = "settling"
 # Entries of config.settling that are the kind's, not the rule's *Config's.
 KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0, "loss_scale": 1.0}
-# The models whose layers the kind reads as a chain (``chain``).
+# The models whose layers the kind reads as a chain (``chain``), and those it reads as a chain
+# of residual blocks, one node per block (``settling_resnet.chain``).
 MODELS = ("mlp", "lenet")
+RESIDUAL = ("resnet8", "resnet20", "resnet56", "resnet18", "resnet50")
+# What a rule cannot do on a residual net, in one line each (``validate``).
+RESIDUAL_LIMITS = {
+    **settling.blocks.LIMITS,
+    "ar": "derivative=False: a block's derivative is inside its Jacobian",
+    "pc": "free predictions, error weights or derivative=False: a block's prediction and "
+    "derivative are inside its Jacobian",
+}
 # What a rule cannot do on a conv net, in one line each (``validate``).
 CONV_LIMITS = {
     "pal": "PAL's noise enters a layer's pre-activation and its B update pairs it with the rate "
@@ -89,12 +98,15 @@ def rule_config(config) -> Any:
 def validate(config) -> None:
     """Checks that the kind can run ``config``: an MLP, a feedback rule with a matrix, values in
     range. Raises a one-line ValueError naming the key."""
-    if config.model not in MODELS:
+    if config.model not in MODELS + RESIDUAL:
         raise ValueError(
-            f"rule={config.rule!r} with model={config.model!r}; allowed: {', '.join(MODELS)} "
-            "(a settling rule runs on a chain of dense and conv layers)"
+            f"rule={config.rule!r} with model={config.model!r}; allowed: "
+            f"{', '.join(MODELS + RESIDUAL)} (a settling rule runs on a chain of dense and conv "
+            "layers or of residual blocks)"
         )
-    if config.model != "mlp" and config.rule in CONV_LIMITS:
+    if config.model in RESIDUAL:
+        _validate_residual(config)
+    elif config.model != "mlp" and config.rule in CONV_LIMITS:
         raise ValueError(
             f"rule={config.rule!r} with model={config.model!r}; allowed: mlp "
             f"({CONV_LIMITS[config.rule]})"
@@ -131,6 +143,26 @@ def validate(config) -> None:
             "error weights E are one width x width matrix per dense layer)"
         )
     rule_config(config)
+
+
+def _validate_residual(config) -> None:
+    """A residual net: ar, and pc with fixed predictions, each with the derivative."""
+    values = settings(config)
+    bad = (
+        config.rule not in ("ar", "pc")
+        or not values["derivative"]
+        or (config.rule == "pc" and (values["error_weights"] or not values["fixed_predictions"]))
+    )
+    if bad:
+        raise ValueError(
+            f"rule={config.rule!r} with model={config.model!r}: allowed on a residual net: ar, "
+            f"and pc with fixed_predictions ({RESIDUAL_LIMITS[config.rule]})"
+        )
+    if values["feedback_init"] != "random":
+        raise ValueError(
+            f"settling.feedback_init={values['feedback_init']!r} with model={config.model!r}; "
+            "allowed: random"
+        )
 
 
 def chain(model: nn.Module) -> tuple[list[settling.Layer], list[str]]:
@@ -226,6 +258,8 @@ def init_state(model: nn.Module, config, state: dict, image_shape: tuple[int, ..
     """Adds the rule's variables under ``state["settling"]`` (PC with error weights: E; PAL:
     noise, filters and rates for a batch of ``config.batch_size``), and for
     ``feedback_init=neg_transpose`` sets every B to -W."""
+    if isinstance(model, resnet.Model):  # ar, pc: no state of their own
+        return {**state, STATE: {}}
     layers_, names = chain(model)
     values = settings(config)
     own: dict[str, Any] = {}
@@ -248,6 +282,8 @@ def init_state(model: nn.Module, config, state: dict, image_shape: tuple[int, ..
 
 def make_steps(model: nn.Module, tx, schedule, config) -> tuple[Any, Any]:
     """``(train_step, measure_step)``: the rule's step and its alignment measurements."""
+    if isinstance(model, resnet.Model):
+        return _make_residual_steps(model, tx, schedule, config)
     names = chain(model)[1]
     scale = settings(config)["feedback_learning_rate_scale"]
 
@@ -306,6 +342,24 @@ def make_steps(model: nn.Module, tx, schedule, config) -> tuple[Any, Any]:
         return measure(model, config, state, batch)
 
     return train_step, measure_step
+
+
+def _make_residual_steps(model: resnet.Model, tx, schedule, config) -> tuple[Any, Any]:
+    rule, cfg, values = settling.get(config.rule), rule_config(config), settings(config)
+
+    def settle(nodes, params, state, batch):
+        loss = _loss(config, batch["label"], values["loss_scale"])
+        return rule.apply(nodes, params, None, batch["image"], loss, cfg, rng=_rng(state))
+
+    return settling_resnet.make_steps(
+        model,
+        tx,
+        schedule,
+        feedback=cfg.feedback,
+        settle=settle,
+        loss=lambda labels: _loss(config, labels),
+        scale=values["feedback_learning_rate_scale"],
+    )
 
 
 def measure(model: nn.Module, config, state: dict, batch: dict) -> dict[str, Array]:
