@@ -1,5 +1,6 @@
 """The settling rules (ar, pc, di, pal; ``wtfree.settling``) as a kind: a train step of their
-own on an MLP or a LeNet, B moved by the rule's feedback gradient, the rule's state carried and
+own on an MLP or a LeNet (ar and pc on a ResNet too, one node per residual block:
+``settling_resnet``), B moved by the rule's feedback gradient, the rule's state carried and
 saved.
 
 A settling rule computes the error by letting activities settle over inner steps, so it is no
@@ -96,8 +97,8 @@ def rule_config(config) -> Any:
 
 
 def validate(config) -> None:
-    """Checks that the kind can run ``config``: an MLP, a feedback rule with a matrix, values in
-    range. Raises a one-line ValueError naming the key."""
+    """Checks that the kind can run ``config``: an MLP, LeNet or ResNet, a feedback rule with a
+    matrix, values in range. Raises a one-line ValueError naming the key."""
     if config.model not in MODELS + RESIDUAL:
         raise ValueError(
             f"rule={config.rule!r} with model={config.model!r}; allowed: "
