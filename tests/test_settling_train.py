@@ -376,10 +376,11 @@ def test_settling_rules_lower_the_loss_of_a_resnet_through_the_trainers_step(rul
 @pytest.mark.parametrize(
     "rule, overrides, match",
     [
-        ("di", {}, "^rule='di' with model='resnet8': allowed on a residual net: ar, and pc"),
-        ("pal", {}, "^rule='pal' with model='resnet8': allowed on a residual net: ar, and pc"),
-        ("ar", {"settling.derivative": False}, "^rule='ar' with model='resnet8': allowed on"),
-        ("pc", {"settling.fixed_predictions": False}, "^rule='pc' with model='resnet8': "),
+        ("di", {}, "^rule='di' with model='resnet8'; allowed on a residual net: ar, pc \\(its"),
+        ("pal", {}, "^rule='pal' with model='resnet8'; allowed on a residual net: ar, pc"),
+        ("ar", {"settling.derivative": False}, "^settling.derivative=False with model='resnet8'"),
+        ("pc", {"settling.fixed_predictions": False}, "^settling.fixed_predictions=False with "),
+        ("pc", {"settling.error_weights": True}, "^settling.error_weights=True with model='resn"),
     ],
 )
 def test_what_a_settling_rule_cannot_do_on_a_resnet_is_one_line(rule, overrides, match):

@@ -49,12 +49,7 @@ KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0, "lo
 MODELS = ("mlp", "lenet")
 RESIDUAL = ("resnet8", "resnet20", "resnet56", "resnet18", "resnet50")
 # What a rule cannot do on a residual net, in one line each (``validate``).
-RESIDUAL_LIMITS = {
-    **settling.blocks.LIMITS,
-    "ar": "derivative=False: a block's derivative is inside its Jacobian",
-    "pc": "free predictions, error weights or derivative=False: a block's prediction and "
-    "derivative are inside its Jacobian",
-}
+RESIDUAL_LIMITS = settling.blocks.LIMITS
 # What a rule cannot do on a conv net, in one line each (``validate``).
 CONV_LIMITS = {
     "pal": "PAL's noise enters a layer's pre-activation and its B update pairs it with the rate "
@@ -148,17 +143,19 @@ def validate(config) -> None:
 
 def _validate_residual(config) -> None:
     """A residual net: ar, and pc with fixed predictions, each with the derivative."""
-    values = settings(config)
-    bad = (
-        config.rule not in ("ar", "pc")
-        or not values["derivative"]
-        or (config.rule == "pc" and (values["error_weights"] or not values["fixed_predictions"]))
-    )
-    if bad:
+    if config.rule in RESIDUAL_LIMITS:
         raise ValueError(
-            f"rule={config.rule!r} with model={config.model!r}: allowed on a residual net: ar, "
-            f"and pc with fixed_predictions ({RESIDUAL_LIMITS[config.rule]})"
+            f"rule={config.rule!r} with model={config.model!r}; allowed on a residual net: ar, "
+            f"pc ({RESIDUAL_LIMITS[config.rule]})"
         )
+    values = settings(config)
+    inside = {"derivative": "derivative", "fixed_predictions": "prediction"}
+    for key, what in inside.items():
+        if values.get(key, True) is not True:
+            raise ValueError(
+                f"settling.{key}={values[key]!r} with model={config.model!r}; allowed: True (a "
+                f"block's {what} is inside its Jacobian, not a layer's)"
+            )
     if values["feedback_init"] != "random":
         raise ValueError(
             f"settling.feedback_init={values['feedback_init']!r} with model={config.model!r}; "
