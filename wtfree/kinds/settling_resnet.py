@@ -12,6 +12,7 @@ activations and the shortcut by autodiff. A block's parameters (convs and batch 
 model's apply).
 """
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -26,6 +27,44 @@ from wtfree import layers, metrics, rules, settling
 from wtfree.models import resnet
 
 Array = jax.Array
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv_op(x: Array, w: Array, op: settling.network.Conv) -> Array:
+    return op(x, w)
+
+
+def _conv_op_fwd(x, w, op):
+    return op(x, w), (x, w)
+
+
+def _conv_op_bwd(op, res, g):
+    x, w = res
+    return op.transpose_x(x, w, g), settling.network.transpose_w(op, x, w, g)
+
+
+_conv_op.defvjp(_conv_op_fwd, _conv_op_bwd)
+
+
+class _Conv(layers.Conv):
+    """``layers.Conv`` whose op sends its error down in x by a forward convolution with the
+    flipped kernel (``settling.network.Conv.transpose_x``: ``jax.vjp``'s values), so that the
+    rule's custom_vjp, built from ``jax.vjp`` of the op, takes it too: ``jax.vjp``'s own
+    transpose runs several times slower inside XLA:CPU's while loop (docs/settling.md,
+    "Residual nets"). Its variables are ``layers.Conv``'s."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        op = settling.make_conv(self.strides, self.padding)
+        kernel_shape = (*self.kernel_size, x.shape[-1], self.features)
+        return self._apply(lambda x_, w: _conv_op(x_, w, op), x, kernel_shape, self.features)
+
+
+def _conv(*args, **kwargs) -> _Conv:
+    """``resnet._conv``'s layer (its init, scale and rule) as a ``_Conv``."""
+    layer = resnet._conv(*args, parent=None, **kwargs)
+    fields = [f.name for f in dataclasses.fields(layer) if f.init and f.name != "parent"]
+    return _Conv(**{name: getattr(layer, name) for name in fields})
 
 
 class _Stem(nn.Module):
@@ -63,7 +102,7 @@ def _modules(model: resnet.Model, rule: str) -> list[tuple[str | None, list[str]
     """``(scope, keys, module)`` per node: the top-level variable names the node owns, and the
     one its module's variables sit under (None: the module's variables are those keys)."""
     options = dict(mirror_noise=model.mirror_noise, alignment_input=model.alignment_input)
-    conv = partial(resnet._conv, rule=rule, dtype=model.dtype, **options)
+    conv = partial(_conv, rule=rule, dtype=model.dtype, **options)
     norm = partial(
         nn.BatchNorm, use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=model.dtype
     )
