@@ -14,11 +14,11 @@ the setting's size: the step's time does not depend on the values):
 - Per rule and T (``config.settling.steps``): the Trainer's jitted train step at the rule's
   paper setting (``rule=R``; ``--model=lenet``: wtfree's LeNet with the setting's activation,
   loss and batch; ``--model=resnet8``: configs/fashion_mnist_resnet.py's ResNet-8, one state per
-  block, batch 128, on MNIST), and bp's step at the same setting and model (``rule=bp,setting=R``), each
-  the median over ``--repeats`` timed runs of ``--steps`` steps after a warm-up, all runs
-  interleaved in a fresh random order every repeat. ``x bp`` is the median over repeats of the
-  rule's time over bp's time of the same repeat; ``per settling step`` is (time at T - time at
-  the smallest T) / (T - smallest T), in bp steps.
+  block, batch 128, on MNIST, and bp's step there), and bp's step at the same setting and model
+  (``rule=bp,setting=R``), each the median over ``--repeats`` timed runs of ``--steps`` steps
+  after a warm-up, all runs interleaved in a fresh random order every repeat. ``x bp`` is the
+  median over repeats of the rule's time over bp's time of the same repeat; ``per settling
+  step`` is (time at T - time at the smallest T) / (T - smallest T), in bp steps.
 - di runs its Euler dynamics (``settling.dynamic=True``; alpha 0.1 so that the loop is stable
   at a random B); NDI, its direct solve, has no T (``--ndi`` adds its row).
 - The settling step includes the forward pass for the loss and accuracy the loop logs, as
