@@ -78,7 +78,7 @@ def activation_relaxation(
       \Delta B_l = \Delta W_l \text{ (learned B, no decay)}.
 
     Args:
-      model: the layers.
+      model: the layers, or a chain of ``blocks.Block`` (a residual block as a node).
       params: per layer ``{"w", "bias"}``.
       feedback: per layer the stored B (or the sign rules' scale); None for ``bp``.
       x: the input batch.

@@ -97,7 +97,7 @@ def predictive_coding(
     -\partial L/\partial h_l` (Whittington & Bogacz 2017; Millidge et al. 2020), whatever E.
 
     Args:
-      model: the layers.
+      model: the layers, or a chain of ``blocks.Block`` (a residual block as a node).
       params: per layer ``{"w", "bias"}``.
       feedback: per layer the stored B (or scale); None for ``bp``.
       x: the input batch.
