@@ -3,6 +3,8 @@ r"""Cost of the settling rules' train step against T, beside bp's step on the sa
     .venv/bin/python benchmarks/settling_cost.py --rules=ar --T=0,10 --steps=3 --repeats=3
     .venv/bin/python benchmarks/settling_cost.py                 # the table in docs/settling.md
     .venv/bin/python benchmarks/settling_cost.py --model=lenet --rules=ar,pc --T=0,10,100
+    .venv/bin/python benchmarks/settling_cost.py --model=resnet8 --rules=ar --T=0,10 --steps=3 \
+        --repeats=3
 
 The first line is the smallest run (seconds after compiling; about a minute on 2 shared cores).
 
@@ -11,11 +13,12 @@ the setting's size: the step's time does not depend on the values):
 
 - Per rule and T (``config.settling.steps``): the Trainer's jitted train step at the rule's
   paper setting (``rule=R``; ``--model=lenet``: wtfree's LeNet with the setting's activation,
-  loss and batch), and bp's step at the same setting and model (``rule=bp,setting=R``), each
-  the median over ``--repeats`` timed runs of ``--steps`` steps after a warm-up, all runs
-  interleaved in a fresh random order every repeat. ``x bp`` is the median over repeats of the
-  rule's time over bp's time of the same repeat; ``per settling step`` is (time at T - time at
-  the smallest T) / (T - smallest T), in bp steps.
+  loss and batch; ``--model=resnet8``: configs/fashion_mnist_resnet.py's ResNet-8, one state per
+  block, batch 128, on MNIST, and bp's step there), and bp's step at the same setting and model
+  (``rule=bp,setting=R``), each the median over ``--repeats`` timed runs of ``--steps`` steps
+  after a warm-up, all runs interleaved in a fresh random order every repeat. ``x bp`` is the
+  median over repeats of the rule's time over bp's time of the same repeat; ``per settling
+  step`` is (time at T - time at the smallest T) / (T - smallest T), in bp steps.
 - di runs its Euler dynamics (``settling.dynamic=True``; alpha 0.1 so that the loop is stable
   at a random B); NDI, its direct solve, has no T (``--ndi`` adds its row).
 - The settling step includes the forward pass for the loss and accuracy the loop logs, as
@@ -47,7 +50,11 @@ def synthetic_batch(batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_config(rule: str, setting: str, model: str, steps: int | None, ndi: bool = False):
-    config = _timing.load_config("mnist_settling", f"rule={rule},setting={setting},model={model}")
+    if model == "resnet8":  # every rule at the one ResNet-8 setting
+        config = _timing.load_config("fashion_mnist_resnet", f"rule={rule},dataset=mnist")
+    else:
+        args = f"rule={rule},setting={setting},model={model}"
+        config = _timing.load_config("mnist_settling", args)
     config.num_devices = 1
     if steps is not None:
         config.settling.steps = steps
@@ -67,7 +74,7 @@ def stepper(config, batch_np) -> _timing.Stepper:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rules", default=",".join(RULES), help="of " + ", ".join(RULES))
-    parser.add_argument("--model", default="mlp", choices=("mlp", "lenet"))
+    parser.add_argument("--model", default="mlp", choices=("mlp", "lenet", "resnet8"))
     parser.add_argument("--T", default="0,10,100", help="settling steps, comma-separated")
     parser.add_argument("--steps", type=int, default=10, help="train steps per timed run")
     parser.add_argument("--warmup", type=int, default=2)
@@ -80,6 +87,8 @@ def main():
             parser.error(f"--rules: {rule!r}; allowed: {', '.join(RULES)}")
     if args.model == "lenet" and "pal" in rules:
         parser.error("--rules: 'pal' with --model=lenet; allowed: ar, pc, di")
+    if args.model == "resnet8" and not set(rules) <= {"ar", "pc"}:
+        parser.error(f"--rules={args.rules!r} with --model=resnet8; allowed: ar, pc")
     try:
         ts = sorted({int(t) for t in args.T.split(",")})
     except ValueError:

@@ -6,7 +6,10 @@ r"""ResNet-8 with batch norm on Fashion-MNIST (or MNIST), any rule: the paper's 
         --workdir=runs/mnist_resnet/kp
     python -m wtfree.sweep configs/sweeps/fashion_mnist_resnet_rules.py --workdir runs/fmr
 
-`rule` is any of wtfree.rules.names(); `dataset` is fashion_mnist (TFDS, or the IDX files of
+`rule` is any of wtfree.rules.names() but di and pal: ar and pc (fixed predictions) settle one
+state per residual block's output (docs/settling.md, "Residual nets": `rule=ar,runlocal=True`
+trains 20 steps in about a minute here), `--config.settling.<field>` as in
+configs/mnist_settling.py; `dataset` is fashion_mnist (TFDS, or the IDX files of
 Debian's dataset-fashion-mnist through `--config.idx_dir`) or mnist (the offline copy);
 `runlocal=True` trains 20 steps of batch 32, for a quick look.
 
@@ -47,11 +50,17 @@ Hyperparameters, the same for every rule unless said:
   steps; docs/weight_mirrors.md explains why not 0.01).
 """
 
+import dataclasses
+
 import ml_collections
 
 from configs import common
-from wtfree import config_lib
+from wtfree import config_lib, settling
+from wtfree.kinds import settling as settling_kind
 
+# ar and pc settle one state per block's output (docs/settling.md, "Residual nets"); AR's states
+# start at zero: from the activations, what T steps leave of them outweighs the mean loss's error.
+SETTLING = {"ar": {"init": "zeros"}, "pc": {}}
 # dfa diverges at 0.1 here (measured: train loss 54 at step 117, 124 at step 234, seed 0).
 LEARNING_RATES = {"dfa": 0.01}
 
@@ -75,6 +84,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Mirror decay 0.1: B lags W by about 1/decay = 10 steps. docs/weight_mirrors.md: a lag of
     # 30-100 steps (decay 0.01) is what blows training up; 100 batches at this decay settle B.
     common.set_mirror(config, batch_size=128, pretrain_batches=100, decay=0.1)
+    if arg.rule in SETTLING:
+        values = {f.name: f.default for f in dataclasses.fields(settling.get(arg.rule).config)}
+        values.update({**settling_kind.KIND_KEYS, **SETTLING[arg.rule]})
+        config.settling = ml_collections.ConfigDict(
+            {
+                k: ml_collections.config_dict.placeholder(float) if v is None else v
+                for k, v in values.items()
+            }
+        )
     config.log_every_steps = 117  # 4 alignment measurements an epoch
     if arg.runlocal:
         common.set_runlocal(config, batch_size=32, steps=20)

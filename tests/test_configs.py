@@ -61,12 +61,16 @@ def test_config_has_the_keys_the_trainer_reads(name):
 def test_config_validates_and_builds_its_model_for_every_rule(name, rule):
     config = load(name).get_config(f"rule={rule}")
     assert config.rule == rule
+    residual = config.model in settling_kind.RESIDUAL
     takes = config.model in settling_kind.MODELS and (
         config.model == "mlp" or rule not in settling_kind.CONV_LIMITS
     )
+    takes = takes or (residual and rule not in settling_kind.RESIDUAL_LIMITS)
     if rules.get(rule).feedback == rules.SETTLING and not takes:
-        # The settling rules' step reads a chain of dense and conv layers (MLP, LeNet).
-        with pytest.raises(ValueError, match=f"^rule='{rule}' with model=.*allowed: mlp"):
+        # The settling rules' step reads a chain of dense and conv layers (MLP, LeNet), or for
+        # ar and pc of residual blocks (wtfree's ResNets).
+        allowed = "allowed on a residual net: ar, pc" if residual else "allowed: mlp"
+        with pytest.raises(ValueError, match=f"^rule='{rule}' with model=.*{allowed}"):
             config_lib.validate(config)
         return
     if config.model in models.STOCK and rules.get(rule).block_wise:

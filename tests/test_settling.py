@@ -506,3 +506,103 @@ def test_unknown_names_fail_in_one_line():
         )
     with pytest.raises(ValueError, match="feedback 'fa' needs stored feedback weights"):
         network.feedback_matrices("fa", [{"w": jnp.ones((2, 2))}], None)
+
+
+def residual_chain(feedback: str, dtype=jnp.float64):
+    """A dense stem, two residual blocks relu(x + s * norm(relu(x W1) W2)) normalized by the
+    batch's statistics, and a dense head; every product through ``feedback``'s custom_vjp
+    (``wtfree.rules``' apply) with its B closed over. Returns the blocks, their params, x, y
+    and the chain's loss as a function of the params (for ``jax.grad``)."""
+    rule = rules.get(feedback)
+    keys = iter(jax.random.split(jax.random.key(3), 16))
+
+    def draw(shape, std=0.6):
+        return std * jax.random.normal(next(keys), shape, dtype)
+
+    shapes = {"stem": [(5, 4)], "block_0": [(4, 4)] * 2, "block_1": [(4, 4)] * 2, "head": [(4, 3)]}
+    ws = {n: [draw(s) for s in ss] for n, ss in shapes.items()}
+    bs = {n: [draw(s) for s in ss] for n, ss in shapes.items()}
+
+    def lin(x, w, b):
+        return rule.apply(settling.dense, x, w, b, None)
+
+    def norm(a):
+        mean = a.mean(0)
+        return (a - mean) / jnp.sqrt(a.var(0) + 1e-5), mean
+
+    def stem(p, x):
+        return jnp.tanh(lin(x, p["w"][0], bs["stem"][0])), None
+
+    def block(name):
+        def fn(p, x):
+            y = jax.nn.relu(lin(x, p["w"][0], bs[name][0]))
+            z, mean = norm(lin(y, p["w"][1], bs[name][1]))
+            return jax.nn.relu(x + p["scale"] * z), mean
+
+        return fn
+
+    def head(p, x):
+        return lin(x, p["w"][0], bs["head"][0]), None
+
+    fns = [stem, block("block_0"), block("block_1"), head]
+    params = [{"w": ws[n]} for n in shapes]
+    for p in params[1:3]:
+        p["scale"] = jnp.full((4,), 0.8, dtype)
+    x, y = draw((6, 5), 1.0), draw((6, 3), 1.0)
+
+    def loss(params):
+        h = x
+        for fn, p in zip(fns, params, strict=True):
+            h = fn(p, h)[0]
+        return mse(y)(h)
+
+    return [settling.Block(fn) for fn in fns], params, x, y, loss
+
+
+@pytest.mark.parametrize("feedback", ["bp", "fa"])
+@pytest.mark.parametrize("name", ["ar", "pc"])
+def test_settling_over_residual_blocks_equals_jax_grad_through_the_blocks_rule(name, feedback):
+    # One state per block's output; the error crosses each block by its vjp: under bp W^T
+    # (backprop), under fa B inside the block (fa's custom_vjp), the norm's batch statistics
+    # and the shortcut by autodiff. The settled step is jax.grad's of the same chain.
+    with jax.enable_x64(True):
+        model, params, x, y, loss = residual_chain(feedback)
+        config = settling.get(name).config(steps=400, step_size=0.1, feedback=feedback)
+        result = settling.get(name).apply(model, params, None, x, mse(y), config)
+        assert_trees_close(result.grads, jax.grad(loss)(params))
+        assert int(result.steps) == 400
+        # The blocks' aux (their batch means) comes back as the result's state.
+        assert result.state[0] is None
+        h1 = model[0].fn(params[0], x)[0]
+        np.testing.assert_allclose(result.state[1], model[1].fn(params[1], h1)[1])
+        if feedback == "fa":  # B learns by W's step; not backprop's
+            assert_trees_close(result.feedback_grads, result.grads)
+            bp = jax.grad(residual_chain("bp")[-1])(params)
+            assert angle(result.grads[0]["w"][0], bp[0]["w"][0]) > 10.0
+        else:
+            assert result.feedback_grads is None
+
+
+def test_residual_blocks_with_too_few_steps_are_not_jax_grad():
+    with jax.enable_x64(True):
+        model, params, x, y, loss = residual_chain("bp")
+        config = settling.ARConfig(steps=3)
+        result = settling.activation_relaxation(model, params, None, x, mse(y), config)
+        expected = jax.grad(loss)(params)
+        assert angle(result.grads[0]["w"][0], expected[0]["w"][0]) > 1.0
+
+
+@pytest.mark.parametrize(
+    "name, config, match",
+    [
+        ("di", settling.DIConfig(), "di on a chain of blocks; allowed: ar, pc"),
+        ("pal", settling.PALConfig(), "pal on a chain of blocks; allowed: ar, pc"),
+        ("ar", settling.ARConfig(derivative=False), "ar derivative=False on a chain of blocks"),
+        ("pc", settling.PCConfig(fixed_predictions=False), "pc fixed_predictions=False on a"),
+    ],
+)
+def test_what_a_chain_of_blocks_cannot_do_is_one_line(name, config, match):
+    model, params, x, y, _ = residual_chain("bp", jnp.float32)
+    with pytest.raises(ValueError, match=match) as e:
+        settling.get(name).apply(model, params, None, x, mse(y), config, rng=jax.random.key(0))
+    assert "\n" not in str(e.value)

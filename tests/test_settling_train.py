@@ -17,7 +17,7 @@ from wtfree import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from configs import mnist_settling  # noqa: E402
+from configs import fashion_mnist_resnet, mnist_settling  # noqa: E402
 
 
 def tiny_config(rule: str, model: str = "mlp", **overrides):
@@ -243,7 +243,7 @@ def test_an_unstable_di_loop_stops_the_run_in_one_line_with_exit_code_2(tmp_path
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"model": "resnet8"}, "^rule='ar' with model='resnet8'; allowed: mlp, lenet"),
+        ({"model": "vit"}, "^rule='ar' with model='vit'; allowed: mlp, lenet, resnet8"),
         ({"rule": "pal", "model": "lenet"}, "^rule='pal' with model='lenet'; allowed: mlp \\(PAL"),
         ({"settling.feedback": "dfa"}, "^settling.feedback='dfa'; allowed: aa, bp, brsf, fa"),
         ({"settling.order": "random"}, "^settling: ar order 'random'; allowed: sequential"),
@@ -282,3 +282,119 @@ def test_the_config_takes_the_model_and_the_dataset():
         mnist_settling.get_config("rule=ar,model=resnet8")
     with pytest.raises(ValueError, match="^dataset='cifar10'; allowed: mnist, fashion_mnist$"):
         mnist_settling.get_config("rule=ar,dataset=cifar10")
+
+
+# ResNet-8's shape with 2 blocks of 4 channels (a stem, stage 0 and stage 1, each one basic
+# block; stage 1's pads its shortcut), batch norm in train mode, through the Trainer's step.
+# Plain SGD at a constant rate, so that one step is the rate times the gradient.
+RESNET = {
+    "model_kwargs.width": 4,
+    "model_kwargs.stage_sizes": (1, 1),
+    "batch_size": 8,
+    "eval_batch_size": 64,
+    "num_train_steps": 6,
+    "log_every_steps": 3,
+    "checkpoint_every_steps": 3,
+    "num_devices": 1,
+    "optimizer.momentum": 0.0,
+    "optimizer.weight_decay": 0.0,
+    "optimizer.schedule": "constant",
+}
+
+
+@functools.cache
+def resnet_setup(rule: str, **settling):
+    config = fashion_mnist_resnet.get_config(f"rule={rule}")
+    overrides = {**RESNET, **{f"settling.{k}": v for k, v in settling.items()}}
+    trainer = trainer_lib.Trainer(config_helpers.override(config, overrides))
+    return trainer, jax.tree.map(jnp.asarray, next(trainer.train_batches(0)))
+
+
+@pytest.mark.parametrize("feedback", ["bp", "fa"])
+def test_ar_on_a_resnet_makes_the_step_of_the_flax_model_one_state_per_block(feedback):
+    # 300 steps of 0.1 from zero settle each block's state to the error at its output; the
+    # step is then jax.grad's of the model's own apply in train mode (batch norm's batch
+    # statistics included) with its convs by the same rule: under bp backprop's, under fa
+    # feedback alignment's (B inside every block); the running statistics are the model's.
+    trainer, batch = resnet_setup("ar", steps=300, feedback=feedback)
+    state = trainer.fresh_state()
+    model = trainer.model.clone(rule=feedback)
+    variables = {k: state[k] for k in ("feedback", "batch_stats")}
+    image = trainer.ds.normalize(batch["image"]) if batch["image"].dtype == jnp.uint8 else None
+    image = batch["image"] if image is None else image
+
+    def loss(params):
+        logits, new = model.apply(
+            {"params": params, **variables}, image, train=True, mutable=["batch_stats"]
+        )
+        return metrics.get_loss(trainer.config.loss)(logits, batch["label"]).mean(), new
+
+    grads, new_stats = jax.grad(loss, has_aux=True)(state["params"])
+    rate = trainer.config.optimizer.learning_rate
+    expected = jax.tree.map(lambda w, g: w - rate * g, state["params"], grads)
+    measured = trainer.measure_step(state, batch)
+    new, measurements = trainer.train_step(jax.tree.map(jnp.copy, state), batch)
+    assert set(new["params"]) == {"conv_init", "bn_init", "stage0_block0", "stage1_block0",
+                                  "output"}  # fmt: skip
+    for a, b in zip(jax.tree.leaves(new["params"]), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), new["params"], state["params"])
+    assert min(jax.tree.leaves(moved)) > 0  # every conv, norm and dense moved, each checked
+    for a, b in zip(
+        jax.tree.leaves(new["batch_stats"]), jax.tree.leaves(new_stats["batch_stats"]), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(measurements["train/settling_steps"]) == 300
+    nodes = ("stem", "stage0_block0", "stage1_block0")
+    if feedback == "bp":
+        for node in nodes:
+            assert float(measured[f"align/error_angle/{node}"]) < 0.1
+        assert float(measured["align/weight_angle/stage1_block0/conv_1"]) < 0.1  # W itself
+    else:  # B's errors, measured against backprop's
+        assert float(measured["align/error_angle/stem"]) > 10.0
+        assert float(measured["align/weight_angle/stage1_block0/conv_1"]) > 45.0
+
+
+@pytest.mark.parametrize(
+    "rule, settling", [("ar", {"steps": 300, "feedback": "fa"}), ("pc", {"steps": 40})]
+)
+def test_settling_rules_lower_the_loss_of_a_resnet_through_the_trainers_step(rule, settling):
+    trainer, batch = resnet_setup(rule, **settling)
+    state = jax.device_get(trainer.fresh_state())
+    losses = []
+    for _ in range(6):
+        state, measurements = trainer.train_step(state, batch)
+        losses.append(float(measurements["train/loss"]))
+    assert np.all(np.isfinite(losses))
+    assert losses[-1] < 0.9 * losses[0], losses
+    measured = trainer.measure_step(state, batch)
+    assert float(measured["align/error_angle/stage0_block0"]) >= 0
+    if settling.get("feedback") == "fa":  # B takes W's steps (no momentum, no decay)
+        state = jax.device_get(state)  # the step donates its input
+        new = jax.device_get(trainer.train_step(jax.tree.map(jnp.asarray, state), batch)[0])
+        for path in (("stage0_block0", "conv_1"), ("stage1_block0", "conv_0"), ("output",)):
+            dw = functools.reduce(dict.get, path, new["params"])["kernel"]
+            dw = dw - functools.reduce(dict.get, path, state["params"])["kernel"]
+            db = functools.reduce(dict.get, path, new["feedback"])["feedback_kernel"]
+            db = db - functools.reduce(dict.get, path, state["feedback"])["feedback_kernel"]
+            assert np.abs(dw).max() > 0
+            np.testing.assert_allclose(db, dw, rtol=1e-4, atol=1e-7)
+        assert float(measured["align/weight_angle/stage1_block0/conv_0"]) > 45.0
+        assert float(measured["align/error_angle/stage0_block0"]) > 10.0  # B's, not W^T's
+
+
+@pytest.mark.parametrize(
+    "rule, overrides, match",
+    [
+        ("di", {}, "^rule='di' with model='resnet8'; allowed on a residual net: ar, pc \\(its"),
+        ("pal", {}, "^rule='pal' with model='resnet8'; allowed on a residual net: ar, pc"),
+        ("ar", {"settling.derivative": False}, "^settling.derivative=False with model='resnet8'"),
+        ("pc", {"settling.fixed_predictions": False}, "^settling.fixed_predictions=False with "),
+        ("pc", {"settling.error_weights": True}, "^settling.error_weights=True with model='resn"),
+    ],
+)
+def test_what_a_settling_rule_cannot_do_on_a_resnet_is_one_line(rule, overrides, match):
+    config = config_helpers.override(fashion_mnist_resnet.get_config(f"rule={rule}"), overrides)
+    with pytest.raises(ValueError, match=match) as raised:
+        config_lib.validate(config)
+    assert "\n" not in str(raised.value)

@@ -1,5 +1,6 @@
 """The settling rules (ar, pc, di, pal; ``wtfree.settling``) as a kind: a train step of their
-own on an MLP or a LeNet, B moved by the rule's feedback gradient, the rule's state carried and
+own on an MLP or a LeNet (ar and pc on a ResNet too, one node per residual block:
+``settling_resnet``), B moved by the rule's feedback gradient, the rule's state carried and
 saved.
 
 A settling rule computes the error by letting activities settle over inner steps, so it is no
@@ -34,8 +35,8 @@ import jax.numpy as jnp
 import optax
 
 from wtfree import errors, layers, metrics, rules, settling
-from wtfree.kinds import FROZEN, Kind
-from wtfree.models import convnet, mlp
+from wtfree.kinds import FROZEN, Kind, settling_resnet
+from wtfree.models import convnet, mlp, resnet
 
 Array = jax.Array
 FEEDBACK_INITS = ("random", "neg_transpose")
@@ -43,8 +44,12 @@ FEEDBACK_INITS = ("random", "neg_transpose")
 STATE = "settling"
 # Entries of config.settling that are the kind's, not the rule's *Config's.
 KIND_KEYS = {"feedback_init": "random", "feedback_learning_rate_scale": 1.0, "loss_scale": 1.0}
-# The models whose layers the kind reads as a chain (``chain``).
+# The models whose layers the kind reads as a chain (``chain``), and those it reads as a chain
+# of residual blocks, one node per block (``settling_resnet.chain``).
 MODELS = ("mlp", "lenet")
+RESIDUAL = ("resnet8", "resnet20", "resnet56", "resnet18", "resnet50")
+# What a rule cannot do on a residual net, in one line each (``validate``).
+RESIDUAL_LIMITS = settling.blocks.LIMITS
 # What a rule cannot do on a conv net, in one line each (``validate``).
 CONV_LIMITS = {
     "pal": "PAL's noise enters a layer's pre-activation and its B update pairs it with the rate "
@@ -87,14 +92,17 @@ def rule_config(config) -> Any:
 
 
 def validate(config) -> None:
-    """Checks that the kind can run ``config``: an MLP, a feedback rule with a matrix, values in
-    range. Raises a one-line ValueError naming the key."""
-    if config.model not in MODELS:
+    """Checks that the kind can run ``config``: an MLP, LeNet or ResNet, a feedback rule with a
+    matrix, values in range. Raises a one-line ValueError naming the key."""
+    if config.model not in MODELS + RESIDUAL:
         raise ValueError(
-            f"rule={config.rule!r} with model={config.model!r}; allowed: {', '.join(MODELS)} "
-            "(a settling rule runs on a chain of dense and conv layers)"
+            f"rule={config.rule!r} with model={config.model!r}; allowed: "
+            f"{', '.join(MODELS + RESIDUAL)} (a settling rule runs on a chain of dense and conv "
+            "layers or of residual blocks)"
         )
-    if config.model != "mlp" and config.rule in CONV_LIMITS:
+    if config.model in RESIDUAL:
+        _validate_residual(config)
+    elif config.model != "mlp" and config.rule in CONV_LIMITS:
         raise ValueError(
             f"rule={config.rule!r} with model={config.model!r}; allowed: mlp "
             f"({CONV_LIMITS[config.rule]})"
@@ -131,6 +139,28 @@ def validate(config) -> None:
             "error weights E are one width x width matrix per dense layer)"
         )
     rule_config(config)
+
+
+def _validate_residual(config) -> None:
+    """A residual net: ar, and pc with fixed predictions, each with the derivative."""
+    if config.rule in RESIDUAL_LIMITS:
+        raise ValueError(
+            f"rule={config.rule!r} with model={config.model!r}; allowed on a residual net: ar, "
+            f"pc ({RESIDUAL_LIMITS[config.rule]})"
+        )
+    values = settings(config)
+    inside = {"derivative": "derivative", "fixed_predictions": "prediction"}
+    for key, what in inside.items():
+        if values.get(key, True) is not True:
+            raise ValueError(
+                f"settling.{key}={values[key]!r} with model={config.model!r}; allowed: True (a "
+                f"block's {what} is inside its Jacobian, not a layer's)"
+            )
+    if values["feedback_init"] != "random":
+        raise ValueError(
+            f"settling.feedback_init={values['feedback_init']!r} with model={config.model!r}; "
+            "allowed: random"
+        )
 
 
 def chain(model: nn.Module) -> tuple[list[settling.Layer], list[str]]:
@@ -226,6 +256,8 @@ def init_state(model: nn.Module, config, state: dict, image_shape: tuple[int, ..
     """Adds the rule's variables under ``state["settling"]`` (PC with error weights: E; PAL:
     noise, filters and rates for a batch of ``config.batch_size``), and for
     ``feedback_init=neg_transpose`` sets every B to -W."""
+    if isinstance(model, resnet.Model):  # ar, pc: no state of their own
+        return {**state, STATE: {}}
     layers_, names = chain(model)
     values = settings(config)
     own: dict[str, Any] = {}
@@ -248,6 +280,8 @@ def init_state(model: nn.Module, config, state: dict, image_shape: tuple[int, ..
 
 def make_steps(model: nn.Module, tx, schedule, config) -> tuple[Any, Any]:
     """``(train_step, measure_step)``: the rule's step and its alignment measurements."""
+    if isinstance(model, resnet.Model):
+        return _make_residual_steps(model, tx, schedule, config)
     names = chain(model)[1]
     scale = settings(config)["feedback_learning_rate_scale"]
 
@@ -306,6 +340,24 @@ def make_steps(model: nn.Module, tx, schedule, config) -> tuple[Any, Any]:
         return measure(model, config, state, batch)
 
     return train_step, measure_step
+
+
+def _make_residual_steps(model: resnet.Model, tx, schedule, config) -> tuple[Any, Any]:
+    rule, cfg, values = settling.get(config.rule), rule_config(config), settings(config)
+
+    def settle(nodes, params, state, batch):
+        loss = _loss(config, batch["label"], values["loss_scale"])
+        return rule.apply(nodes, params, None, batch["image"], loss, cfg, rng=_rng(state))
+
+    return settling_resnet.make_steps(
+        model,
+        tx,
+        schedule,
+        feedback=cfg.feedback,
+        settle=settle,
+        loss=lambda labels: _loss(config, labels),
+        scale=values["feedback_learning_rate_scale"],
+    )
 
 
 def measure(model: nn.Module, config, state: dict, batch: dict) -> dict[str, Array]:

@@ -2,14 +2,17 @@
 
 Each rule is ``rule(model, params, feedback, x, loss_fn, config, *, state=None, rng=None)
 -> Result`` (``result.Result``): pure JAX, jittable with the config static, over a layered
-model (``network.Layer``: a linear op f(x, W) and an activation). The error goes down
+model (``network.Layer``: a linear op f(x, W) and an activation), or for ar and pc over a
+chain of blocks (``blocks.Block``: any node, a residual block among them). The error goes down
 through any ``wtfree.rules`` matrix (``config.feedback``: bp's W, fa's B, usf's sign(W)...).
 """
 
 import dataclasses
 from collections.abc import Callable
 
+from wtfree.settling import blocks
 from wtfree.settling.ar import ARConfig, activation_relaxation
+from wtfree.settling.blocks import Block
 from wtfree.settling.di import (
     DIConfig,
     check_stable,
@@ -63,6 +66,8 @@ def get(name: str) -> SettlingRule:
 __all__ = [
     "RULES",
     "ARConfig",
+    "Block",
+    "blocks",
     "DIConfig",
     "Layer",
     "Model",

@@ -7,7 +7,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wtfree.settling import network
+from wtfree.settling import blocks, network
 from wtfree.settling.relax import settle
 from wtfree.settling.result import Result
 
@@ -78,7 +78,7 @@ def activation_relaxation(
       \Delta B_l = \Delta W_l \text{ (learned B, no decay)}.
 
     Args:
-      model: the layers.
+      model: the layers, or a chain of ``blocks.Block`` (a residual block as a node).
       params: per layer ``{"w", "bias"}``.
       feedback: per layer the stored B (or the sign rules' scale); None for ``bp``.
       x: the input batch.
@@ -94,6 +94,8 @@ def activation_relaxation(
       Millidge, Tschantz, Seth & Buckley, *Activation Relaxation: a local dynamical
       approximation to backpropagation in the brain*, arXiv:2009.05359, 2020.
     """
+    if blocks.is_blocks(model):  # one state per block's output (``settling.blocks``)
+        return blocks.activation_relaxation(model, params, feedback, x, loss_fn, config)
     del state, rng
     hs, pre = network.forward(model, params, x)
     mats = network.feedback_matrices(config.feedback, params, feedback)

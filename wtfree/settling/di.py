@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wtfree.settling import network
+from wtfree.settling import blocks, network
 from wtfree.settling.relax import settle
 from wtfree.settling.result import Result
 
@@ -193,6 +193,7 @@ def dynamic_inversion(
       Podlaski & Machens, *Biological credit assignment through dynamic inversion of
       feedforward networks*, NeurIPS 2020.
     """
+    blocks.refuse("di", model)
     del state, rng
     hs, pre = network.forward(model, params, x)
     mats = network.feedback_matrices(config.feedback, params, feedback)

@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wtfree.settling import network
+from wtfree.settling import blocks, network
 from wtfree.settling.result import Result
 
 Array = jax.Array
@@ -129,6 +129,7 @@ def phaseless_alignment(
       Max, Kriener, Pineda Garcia, Nowotny, Senn & Petrovici, *Learning efficient
       backprojections across cortical hierarchies in real time*, arXiv:2212.10249, 2022.
     """
+    blocks.refuse("pal", model)
     if state is None or rng is None:
         raise ValueError("pal needs state (pal init_state) and rng; got None")
     if not network.is_stored(config.feedback):

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from wtfree.settling import network
+from wtfree.settling import blocks, network
 from wtfree.settling.relax import settle
 from wtfree.settling.result import Result
 
@@ -97,7 +97,7 @@ def predictive_coding(
     -\partial L/\partial h_l` (Whittington & Bogacz 2017; Millidge et al. 2020), whatever E.
 
     Args:
-      model: the layers.
+      model: the layers, or a chain of ``blocks.Block`` (a residual block as a node).
       params: per layer ``{"w", "bias"}``.
       feedback: per layer the stored B (or scale); None for ``bp``.
       x: the input batch.
@@ -116,6 +116,8 @@ def predictive_coding(
       backpropagation algorithm in a predictive coding network with local Hebbian synaptic
       plasticity*, Neural Computation 2017.
     """
+    if blocks.is_blocks(model):  # one node per block's output (``settling.blocks``)
+        return blocks.predictive_coding(model, params, feedback, x, loss_fn, config)
     del rng
     n = len(model)
     hs, pre = network.forward(model, params, x)
