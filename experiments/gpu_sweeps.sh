@@ -7,6 +7,11 @@
 # (`wtfree.sweep --dry_run`); the runs do not depend on each other. Training stops at DEADLINE
 # seconds after the start (unfinished runs keep what they logged); the metrics and each run's
 # output come back in $OUT/runs.tgz, refreshed every 45 s.
+# The wheels used on 2026-12-04 (cp312 where binary): ml-collections 1.1.0, tensorflow-datasets
+# 4.9.10, tensorflow-metadata, promise, toml, termcolor, immutabledict, simple-parsing,
+# docstring-parser, dm-tree, array-record, nest-asyncio, tensorboardX, importlib-resources,
+# protobuf 7.36.2. Not flax, optax or orbax: the image's match its jax (0.11.2), and flax 0.12.8
+# does not import under it (jax.experimental.hijax has no HiPrimitive).
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-545}
