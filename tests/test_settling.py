@@ -128,17 +128,21 @@ def lenet(pool):
     return model, params, x, jnp.ones((2, 3))
 
 
+def _assert_weight_transport_equals_jax_grad(name, model, params, x, y):
+    """AR or PC through W^T, settled long enough, gives jax.grad's W gradient."""
+    config = {
+        "ar": settling.ARConfig(steps=300),
+        "pc": settling.PCConfig(steps=600, step_size=0.05),
+    }[name]
+    result = settling.get(name).apply(model, params, None, x, mse(y), config)
+    assert_trees_close(result.grads, jax.grad(loss_of, argnums=1)(model, params, x, y))
+
+
 @pytest.mark.parametrize("pool", ["avg", "max"])
 @pytest.mark.parametrize("name", ["ar", "pc"])
 def test_ar_and_pc_with_weight_transport_on_a_conv_net_equal_jax_grad(name, pool):
     with jax.enable_x64(True):
-        model, params, x, y = lenet(pool)
-        config = {
-            "ar": settling.ARConfig(steps=300),
-            "pc": settling.PCConfig(steps=600, step_size=0.05),
-        }[name]
-        result = settling.get(name).apply(model, params, None, x, mse(y), config)
-        assert_trees_close(result.grads, jax.grad(loss_of, argnums=1)(model, params, x, y))
+        _assert_weight_transport_equals_jax_grad(name, *lenet(pool))
 
 
 @pytest.mark.parametrize(
@@ -175,13 +179,7 @@ def two_conv_net(dtype):
 @pytest.mark.parametrize("name", ["ar", "pc"])
 def test_ar_and_pc_with_weight_transport_through_two_convs_equal_jax_grad(name):
     with jax.enable_x64(True):
-        model, params, x, y = two_conv_net(jnp.float64)
-        config = {
-            "ar": settling.ARConfig(steps=300),
-            "pc": settling.PCConfig(steps=600, step_size=0.05),
-        }[name]
-        result = settling.get(name).apply(model, params, None, x, mse(y), config)
-        assert_trees_close(result.grads, jax.grad(loss_of, argnums=1)(model, params, x, y))
+        _assert_weight_transport_equals_jax_grad(name, *two_conv_net(jnp.float64))
 
 
 @pytest.mark.parametrize("name", ["ar", "pc", "di"])

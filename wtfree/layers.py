@@ -74,12 +74,7 @@ class _RuleLinear(nn.Module):
     alignment_input: str = "activations"
 
     def __post_init__(self):
-        if self.mirror_noise not in rules.MIRROR_NOISES:
-            allowed = ", ".join(rules.MIRROR_NOISES)
-            raise ValueError(f"mirror_noise={self.mirror_noise!r}; allowed: {allowed}")
-        if self.alignment_input not in ALIGNMENT_INPUTS:
-            allowed = ", ".join(ALIGNMENT_INPUTS)
-            raise ValueError(f"alignment_input={self.alignment_input!r}; allowed: {allowed}")
+        check_noise_options(self.mirror_noise, self.alignment_input)
         super().__post_init__()
 
     def _apply(self, f, x: Array, kernel_shape: tuple[int, ...], features: int) -> Array:
@@ -114,6 +109,17 @@ def mirroring(module: nn.Module) -> bool:
     """Whether ``module`` is in a mirror apply: one with the ``MIRROR`` collection mutable
     (``wtfree.mirror_step``, ``steps.make_mirror_step``), not an init."""
     return module.is_mutable_collection(MIRROR) and not module.is_initializing()
+
+
+def check_noise_options(mirror_noise: str, alignment_input: str) -> None:
+    """Raises ValueError, one line, for a mirror noise or an alignment input that is not one
+    of ``rules.MIRROR_NOISES`` or ``ALIGNMENT_INPUTS``."""
+    if mirror_noise not in rules.MIRROR_NOISES:
+        allowed = ", ".join(rules.MIRROR_NOISES)
+        raise ValueError(f"mirror_noise={mirror_noise!r}; allowed: {allowed}")
+    if alignment_input not in ALIGNMENT_INPUTS:
+        allowed = ", ".join(ALIGNMENT_INPUTS)
+        raise ValueError(f"alignment_input={alignment_input!r}; allowed: {allowed}")
 
 
 def apply_rule(

@@ -102,12 +102,7 @@ class Options:
     def __post_init__(self):
         for name in {self.rule, self.output_rule or self.rule}:
             rules.get(name)
-        if self.mirror_noise not in rules.MIRROR_NOISES:
-            allowed = ", ".join(rules.MIRROR_NOISES)
-            raise ValueError(f"mirror_noise={self.mirror_noise!r}; allowed: {allowed}")
-        if self.alignment_input not in ALIGNMENT_INPUTS:
-            allowed = ", ".join(ALIGNMENT_INPUTS)
-            raise ValueError(f"alignment_input={self.alignment_input!r}; allowed: {allowed}")
+        layers.check_noise_options(self.mirror_noise, self.alignment_input)
         for name in {self.rule, self.output_rule or self.rule}:
             if rules.get(name).block_wise:
                 raise ValueError(

@@ -111,13 +111,7 @@ def _modules(model: resnet.Model, rule: str) -> list[tuple[str | None, list[str]
         for j in range(num_blocks):
             name = f"stage{i}_block{j}"
             block = resnet.BLOCKS[model.block](
-                features=model.width * 2**i,
-                strides=2 if i > 0 and j == 0 else 1,
-                shortcut=model.shortcut,
-                conv=conv,
-                norm=norm,
-                act=nn.relu,
-                zero_init_residual=model.zero_init_residual,
+                conv=conv, norm=norm, **resnet.block_fields(model, i, j)
             )
             out.append((name, [name], block))
     dense = partial(layers.Dense, rule=rule, dtype=model.dtype, **options)

@@ -216,14 +216,7 @@ class Model(nn.Module):
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 block = BLOCKS[self.block](
-                    features=self.width * 2**i,
-                    strides=2 if i > 0 and j == 0 else 1,
-                    shortcut=self.shortcut,
-                    conv=conv,
-                    norm=norm,
-                    act=nn.relu,
-                    zero_init_residual=self.zero_init_residual,
-                    name=f"stage{i}_block{j}",
+                    conv=conv, norm=norm, name=f"stage{i}_block{j}", **block_fields(self, i, j)
                 )
                 if per_layer:
                     x, carrier = block(x, carrier)
@@ -243,6 +236,18 @@ class Model(nn.Module):
         if direct:
             x = rules.direct_feedback_output(x, carrier)
         return x
+
+
+def block_fields(model: Model, i: int, j: int) -> dict:
+    """The fields of ``model``'s block j of stage i, but its conv, norm and name: the one
+    layout that the model and the settling kind's chain of its blocks both build."""
+    return dict(
+        features=model.width * 2**i,
+        strides=2 if i > 0 and j == 0 else 1,
+        shortcut=model.shortcut,
+        act=nn.relu,
+        zero_init_residual=model.zero_init_residual,
+    )
 
 
 def direct_feedback_entries(model: Model, image_shape: tuple[int, int, int]) -> int:
