@@ -1,12 +1,20 @@
 #!/bin/bash
-# The ViT table's sweep and the settling rules' MNIST sweep on one lent GPU, several runs at once,
-# and the converted-ResNet-20 benchmark on the quiet GPU first. Run from the repository root on
-# the device machine (the `device` tool of this workplace), with the wheels wtfree needs beyond
+# Sweeps on one lent GPU, several runs at once, each the sweep file's own train.py command
+# (`wtfree.sweep --dry_run`); the runs do not depend on each other. Run from the repository root
+# on the device machine (the `device` tool of this workplace), with the wheels wtfree needs beyond
 # that machine's image in .whl/ and the IDX files in .devdata/{fashion-mnist,mnist}/ (MNIST's
-# written from wtfree's offline copy). Each run is the sweep file's own train.py command
-# (`wtfree.sweep --dry_run`); the runs do not depend on each other. Training stops at DEADLINE
-# seconds after the start (unfinished runs keep what they logged); the metrics and each run's
-# output come back in $OUT/runs.tgz, refreshed every 45 s.
+# written from wtfree's offline copy).
+#
+# SWEEPS: one sweep a line, "<name> <sweep file> <regex of run names> [extra train.py flags]",
+# run in that order by one pool of JOBS processes. The default is the 2026-12-04 first call's: the
+# ViT table and the settling rules on MNIST (then with 5 and 4 jobs in two pools).
+# At DEADLINE seconds after the start the pool stops and each unfinished run gets SIGTERM, on
+# which train.py checkpoints and exits; calling the script again on the same machine resumes them
+# (runs that exited 0 are skipped). $OUT gets runs.tgz (metrics, configs and logs, refreshed every
+# minute) and ckpt.tar.part-* (the latest checkpoint of each unfinished run, 15 MiB parts:
+# `cat ckpt.tar.part-* | tar x` restores them, to resume on another machine).
+# SMOKE=0 skips the ViT's 20-step smoke test, BENCH=0 the converted-ResNet-20 benchmark on the
+# quiet GPU, MPS=1 tries CUDA MPS (kept only if a JAX process then starts within 60 s).
 # The wheels used on 2026-12-04 (cp312 where binary): ml-collections 1.1.0, tensorflow-datasets
 # 4.9.10, tensorflow-metadata, promise, toml, termcolor, immutabledict, simple-parsing,
 # docstring-parser, dm-tree, array-record, nest-asyncio, tensorboardX, importlib-resources,
@@ -15,14 +23,15 @@
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-545}
-VIT_JOBS=${VIT_JOBS:-5}
-SETTLING_JOBS=${SETTLING_JOBS:-4}
+JOBS=${JOBS:-9}
 OUT=${OUT:-/tmp/out}
+SWEEPS=${SWEEPS:-"vit configs/sweeps/fashion_mnist_vit_rules.py .
+settling configs/sweeps/settling_mnist.py . --config.idx_dir=/tmp/data/mnist"}
 mkdir -p "$OUT"
 elapsed() { echo $(($(date +%s) - T0)); }
 
 PY=${PY:-python3}
-if [ -z "${SKIP_INSTALL:-}" ]; then
+if [ ! -d /tmp/site ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -31,70 +40,94 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE
 mkdir -p /usr/share/datasets /tmp/data
 cp -r .devdata/fashion-mnist /usr/share/datasets/ && cp -r .devdata/mnist /tmp/data/ || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv,noheader
+if [ "${MPS:-0}" = 1 ] && ! pgrep -x nvidia-cuda-mps-control >/dev/null; then
+    nvidia-cuda-mps-control -d && echo "MPS daemon started"
+    if ! timeout 60 $PY -c "import jax; print(jax.numpy.ones(3).sum())"; then
+        echo quit | nvidia-cuda-mps-control
+        echo "MPS: a JAX process did not start under it; stopped"
+    fi
+fi
 $PY -c "import sys, jax, flax, optax, orbax.checkpoint as o; print(sys.version.split()[0], \
 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 
-echo "== smoke: 20 steps of the ViT under wm ($(elapsed) s)"
-if ! timeout 150 $PY train.py --config=configs/fashion_mnist_vit.py:rule=wm,runlocal=True \
-    --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=/tmp/smoke >/tmp/smoke.log 2>&1; then
-    tail -40 /tmp/smoke.log
-    exit 1
+if [ "${SMOKE:-1}" = 1 ]; then
+    echo "== smoke: 20 steps of the ViT under wm ($(elapsed) s)"
+    if ! timeout 150 $PY train.py --config=configs/fashion_mnist_vit.py:rule=wm,runlocal=True \
+        --config.idx_dir=/usr/share/datasets/fashion-mnist --workdir=/tmp/smoke >/tmp/smoke.log 2>&1; then
+        tail -40 /tmp/smoke.log
+        exit 1
+    fi
+    tail -2 /tmp/smoke.log
 fi
-tail -2 /tmp/smoke.log
-
-echo "== converted ResNet-20 against native, quiet GPU ($(elapsed) s)"
-[ -n "${SKIP_BENCH:-}" ] || timeout 150 $PY benchmarks/convert_resnet20.py --rules=bp,fa,kp --batch_size=128 \
-    --steps=50 --repeats=7 >"$OUT/convert_resnet20.txt" 2>&1
-tail -8 "$OUT/convert_resnet20.txt"
+if [ "${BENCH:-1}" = 1 ]; then
+    echo "== converted ResNet-20 against native, quiet GPU ($(elapsed) s)"
+    timeout 150 $PY benchmarks/convert_resnet20.py --rules=bp,fa,kp --batch_size=128 \
+        --steps=50 --repeats=7 >"$OUT/convert_resnet20.txt" 2>&1
+    tail -8 "$OUT/convert_resnet20.txt"
+fi
 
 R=/tmp/runs
 mkdir -p $R/logs
-# Each line: the run's command, its output to logs/<sweep>_<run>.log, then its exit status.
-commands() {  # sweep file, sweep name, extra flags
-    $PY -m wtfree.sweep "$1" --workdir "$R/$2" --dry_run | while read -r line; do
-        name=${line##*--workdir=$R/$2/}
-        name=${name%% *}
-        echo "$line $3 >$R/logs/$2_$name.log 2>&1; echo \"exit \$? $2/$name \$(date +%s)\""
+touch $R/done
+# Each line: the run's command, its output appended to logs/<sweep>_<run>.log, then its exit
+# status appended to $R/done; runs that exited 0 before are left out.
+commands() {  # name, sweep file, regex of run names, extra flags
+    local name=$1 file=$2 regex=$3
+    shift 3
+    $PY -m wtfree.sweep "$file" --workdir "$R/$name" --dry_run | while read -r line; do
+        run=${line##*--workdir=$R/$name/}
+        run=${run%% *}
+        [[ $run =~ $regex ]] || continue
+        grep -qx "exit 0 $name/$run" $R/done && continue
+        echo "$line $* >>$R/logs/${name}_$run.log 2>&1; echo \"exit \$? $name/$run\" >>$R/done"
     done
 }
-commands configs/sweeps/fashion_mnist_vit_rules.py vit "" >$R/vit.cmds
-commands configs/sweeps/settling_mnist.py settling "--config.idx_dir=/tmp/data/mnist" >$R/settling.cmds
-wc -l $R/*.cmds
-echo "== sweeps: $VIT_JOBS ViT runs and $SETTLING_JOBS settling runs at a time ($(elapsed) s)"
-(xargs -P "$VIT_JOBS" -d '\n' -I{} bash -c '{}' <$R/vit.cmds >$R/vit.done) &
-POOL1=$!
-(xargs -P "$SETTLING_JOBS" -d '\n' -I{} bash -c '{}' <$R/settling.cmds >$R/settling.done) &
-POOL2=$!
+: >$R/pool.cmds
+while read -r sweep; do
+    [ -n "$sweep" ] && commands $sweep >>$R/pool.cmds
+done <<<"$SWEEPS"
+echo "== $(wc -l <$R/pool.cmds) runs, $JOBS at a time ($(elapsed) s)"
+(xargs -P "$JOBS" -d '\n' -I{} bash -c '{}' <$R/pool.cmds) &
+POOL=$!
 pack() {
     tar czf "$OUT/runs.tmp.tgz" --exclude=checkpoints --exclude=tensorboard -C /tmp runs &&
         mv "$OUT/runs.tmp.tgz" "$OUT/runs.tgz"
 }
-while kill -0 $POOL1 2>/dev/null || kill -0 $POOL2 2>/dev/null; do
-    [ "$(elapsed)" -ge "$DEADLINE" ] && break
-    sleep 15
-    if [ $(($(elapsed) % 60)) -lt 15 ]; then
-        echo "t=$(elapsed)s done: $(cat $R/*.done | wc -l), $(nvidia-smi \
+while kill -0 $POOL 2>/dev/null && [ "$(elapsed)" -lt "$DEADLINE" ]; do
+    sleep 5
+    if [ $(($(elapsed) % 60)) -lt 5 ]; then
+        echo "t=$(elapsed)s exited: $(wc -l <$R/done), $(nvidia-smi \
             --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
         pack
     fi
 done
 echo "== stopping at $(elapsed) s"
-pkill -INT -f "train.py" 2>/dev/null
-sleep 5
-pkill -9 -f "train.py" 2>/dev/null
 pkill -9 xargs 2>/dev/null
+pkill -TERM -f "python.*train\.py" 2>/dev/null
+for _ in $(seq 40); do pgrep -f "python.*train\.py" >/dev/null || break; sleep 1; done
+pkill -9 -f "python.*train\.py" 2>/dev/null
+echo "== stopped at $(elapsed) s"
 pack
-$PY - "$R" <<'EOF'
+rm -f "$OUT"/ckpt.tar.part-*
+latest=()
+for ckpts in $R/*/*/checkpoints; do
+    run=${ckpts%/checkpoints}
+    grep -qx "exit 0 $(basename "$(dirname "$run")")/$(basename "$run")" $R/done && continue
+    step=$(ls "$ckpts" | grep -x '[0-9]*' | sort -n | tail -1)
+    [ -n "$step" ] && latest+=("${ckpts#/tmp/}/$step")
+done
+[ ${#latest[@]} -gt 0 ] && tar cf - -C /tmp "${latest[@]}" | split -b 15M - "$OUT/ckpt.tar.part-"
+ls -la "$OUT"
+$PY - "$R" <<'PYEOF'
 import json, pathlib, sys
 root = pathlib.Path(sys.argv[1])
-for sweep in ("vit", "settling"):
-    for d in sorted((root / sweep).glob("*")):
-        rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-            if (d / "metrics.jsonl").exists() else []
-        acc = [r for r in rows if "test/accuracy" in r]
-        last = acc[-1] if acc else {}
-        print(f"{sweep}/{d.name}: epoch {last.get('epoch', 0):.2f} "
-              f"test {100 * last.get('test/accuracy', float('nan')):.2f} "
-              f"steps {max((r.get('step', 0) for r in rows), default=0)}")
-EOF
-cat $R/*.done | sort -k2 | awk '$2 != 0'
+for d in sorted(p for p in root.glob("*/*") if (p / "config.json").exists()):
+    rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (d / "metrics.jsonl").exists() else []
+    acc = [r for r in rows if "test/accuracy" in r]
+    last = acc[-1] if acc else {}
+    print(f"{d.parent.name}/{d.name}: epoch {last.get('epoch', 0):.2f} "
+          f"test {100 * last.get('test/accuracy', float('nan')):.2f} "
+          f"steps {max((r.get('step', 0) for r in rows), default=0)}")
+PYEOF
+grep -v "^exit 0 " $R/done

@@ -1,0 +1,16 @@
+r"""configs/sweeps/settling_mnist.py's sweep on Fashion-MNIST, for ar, pc and pal (di's ran
+before it, docs/settling.md): the same settings, lengths, seeds and baselines.
+
+    apt-get install -y dataset-fashion-mnist  # IDX files in /usr/share/datasets/fashion-mnist
+    python -m wtfree.sweep configs/sweeps/settling_fashion_mnist.py \
+        --workdir runs/settling_fashion_mnist
+    python experiments/results_table.py runs/settling_fashion_mnist
+"""
+
+from configs.sweeps.settling_mnist import settling_runs
+
+IDX_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+def get_sweep() -> list[dict]:
+    return settling_runs(("ar", "pal", "pc"), ",dataset=fashion_mnist", {"idx_dir": IDX_DIR})
