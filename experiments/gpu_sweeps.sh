@@ -40,7 +40,7 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE
 mkdir -p /usr/share/datasets /tmp/data
 cp -r .devdata/fashion-mnist /usr/share/datasets/ && cp -r .devdata/mnist /tmp/data/ || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv,noheader
-if [ "${MPS:-0}" = 1 ] && ! pgrep -x nvidia-cuda-mps-control >/dev/null; then
+if [ "${MPS:-0}" = 1 ] && ! pgrep -f "^nvidia-cuda-mps-control" >/dev/null; then
     nvidia-cuda-mps-control -d && echo "MPS daemon started"
     if ! timeout 60 $PY -c "import jax; print(jax.numpy.ones(3).sum())"; then
         echo quit | nvidia-cuda-mps-control
