@@ -24,6 +24,10 @@ def base_config(
     config.data_dir = placeholder(str)
     config.idx_dir = placeholder(str)  # MNIST-family IDX files instead of TFDS
     config.augment = False
+    # Inputs as (pixel / 255 - mean) / std per channel instead of the dataset's own normalization
+    # (none for the MNIST family: pixel / 255); both or neither, a number or one per channel.
+    config.input_mean = placeholder(object)
+    config.input_std = placeholder(object)
 
     config.model = model
     config.model_kwargs = ml_collections.ConfigDict()

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.test_train import ROOT, tiny_config
@@ -164,3 +165,39 @@ def test_bool_arguments_are_parsed_strictly(value, expected):
     assert config_lib.parse_arg(f"runlocal={value}", runlocal=False).runlocal is expected
     with pytest.raises(ValueError, match="runlocal='ture'; allowed: true, false, 1, 0, yes, no"):
         config_lib.parse_arg("runlocal=ture", runlocal=False)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"input_std": 0.3}, "input_mean=None; allowed: a number or 1 per channel"),
+        ({"input_mean": (0.1, 0.2), "input_std": 0.3}, "input_mean=(0.1, 0.2); allowed"),
+        ({"input_mean": 0.1, "input_std": 0.0}, "input_std=0.0; allowed: a number or 1 per"),
+        ({"input_mean": "0.1", "input_std": 0.3}, "input_mean='0.1'; allowed"),
+        ({"input_mean": 0.1, "input_std": 0.3, "dataset": "linear_teacher"}, "input_mean=0.1 "),
+    ],
+)
+def test_bad_input_normalization_is_refused(overrides, expected):
+    with pytest.raises(ValueError) as info:
+        config_lib.validate(tiny_config("bp", **overrides))
+    assert str(info.value).startswith(expected), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_input_mean_and_std_standardize_what_training_and_evaluation_read():
+    from tests import fake_data
+    from wtfree import trainer as trainer_lib
+
+    with fake_data.synthetic_images(num_examples=64):
+        plain = trainer_lib.Trainer(tiny_config("bp"))
+        standard = trainer_lib.Trainer(tiny_config("bp", input_mean=0.25, input_std=(0.5,)))
+        assert config_lib.input_normalization(standard.config) == ((0.25,), (0.5,))
+        x = next(plain.ds.train_batches(32))["image"]
+        assert x.min() >= 0 and x.max() <= 1  # pixel / 255: MNIST's own normalization
+        y = next(standard.ds.train_batches(32))["image"]
+        np.testing.assert_allclose(y, (x - 0.25) / 0.5, rtol=1e-6, atol=1e-6)
+        raw = next(standard.ds.train_batches(32, raw=True))["image"]  # normalized on the device
+        np.testing.assert_allclose(standard.ds.normalize(raw), y, rtol=1e-6, atol=1e-6)
+        x_test = next(plain.ds.eval_batches("test", 32))["image"]
+        y_test = next(standard.ds.eval_batches("test", 32))["image"]
+        np.testing.assert_allclose(y_test, (x_test - 0.25) / 0.5, rtol=1e-6, atol=1e-6)

@@ -148,6 +148,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("num_epochs=0 and num_train_steps=0; allowed: one of them >= 1")
     if config.get("augment") and not config.dataset.startswith(("cifar", "imagenet")):
         raise ValueError(f"augment=True with dataset={config.dataset}; allowed: cifar, imagenet")
+    input_normalization(config)
+
+
+def input_normalization(
+    config: ml_collections.ConfigDict,
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``config.input_mean`` and ``input_std`` as per-channel tuples, or None where both are
+    unset (the dataset's own normalization).
+
+    Raises:
+      ValueError: one line, where only one is set, a value is not a number or one number per
+        channel of an image dataset, or a std is not > 0.
+    """
+    mean, std = config.get("input_mean"), config.get("input_std")
+    if mean is None and std is None:
+        return None
+    if config.dataset not in data.image_datasets():
+        raise ValueError(
+            f"input_mean={mean!r} with dataset={config.dataset}; allowed: an image dataset "
+            f"({', '.join(data.image_datasets())})"
+        )
+    channels = data.image_spec(config.dataset)[1][-1]
+    allowed = f"a number or {channels} per channel (of pixel / 255), with the other one set"
+    values = []
+    for key, positive in (("input_mean", False), ("input_std", True)):
+        value = config.get(key)
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if len(value) not in (1, channels) or not all(
+            _number(v) and (v > 0 or not positive) for v in value
+        ):
+            more = ", each > 0" if positive else ""
+            raise ValueError(f"{key}={config.get(key)!r}; allowed: {allowed}{more}")
+        values.append(tuple(float(v) for v in value) * (channels // len(value)))
+    return values[0], values[1]
 
 
 def validate_resources(config: ml_collections.ConfigDict) -> None:

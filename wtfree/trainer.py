@@ -1,5 +1,6 @@
 """The Trainer: a run's data, model, optimizer, jitted steps and initial state, from its config."""
 
+import dataclasses
 import functools
 import itertools
 
@@ -9,7 +10,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from wtfree import data, dispatch, kinds, models, optim, rules, sharding, steps
+from wtfree import config_lib, data, dispatch, kinds, models, optim, rules, sharding, steps
 from wtfree.steps import State
 
 
@@ -140,6 +141,10 @@ class Trainer:
             idx_dir=config.get("idx_dir"),
             **config.get("dataset_kwargs", {}),
         )
+        normalization = config_lib.input_normalization(config)
+        if normalization is not None:
+            mean, std = normalization
+            self.ds.spec = dataclasses.replace(self.ds.spec, mean=mean, std=std)
         prepare_data(self.ds)
         self.model = make_model(config, self.ds.num_classes)
         self.steps_per_epoch = self.ds.steps_per_epoch(config.batch_size)
