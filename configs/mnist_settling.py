@@ -40,9 +40,11 @@ The settings, and where they depart from the authors' code (docs/settling.md cit
   l. 206-214), so 1e-3 here (5e-4 until 2026-12-04: half the authors' step, docs/settling.md).
 - di: 784-1000-10 tanh, softmax cross-entropy, NDI with alpha 0 and B = -W^T at init (weight
   transport once, as the authors), B fixed, W ~ U(-0.01, 0.01) (variance scaling 0.03, uniform),
-  15 epochs. The authors train one example at a time at lr 1e-3 with a decay of 1e-6 per example
+  15 epochs; fa at this setting draws B ~ U(-0.5, 0.5) as the authors' FA does (53 times W's
+  limit). The authors train one example at a time at lr 1e-3 with a decay of 1e-6 per example
   not scaled by lr; here batches of 32 at lr 32 x 1e-3 and weight decay 32 x 1e-6 / lr = 1e-3
-  (the same steps to first order). Their inputs are standardized; here pixels are k/255.
+  (the same steps to first order). Inputs standardized by the training set's mean and std, as
+  the authors' (`STANDARDIZE`; pixels k/255 until 2026-12-04).
 - pal: the FC part of the authors' LeNet as an MLP, 784-500-10 sigmoid, squared error, batch
   128, 100 time steps of dt 0.1 per batch, tau_xi = tau_HP = 10 dt, sigma 5e-2, regularizer
   5e-5, B learning at 10x W's rate (`bw_lr_factors`), 50 epochs. The authors' W learning rates
@@ -54,6 +56,7 @@ and PC codes draw N(0, 0.05).
 """
 
 import dataclasses
+import math
 
 import ml_collections
 
@@ -84,6 +87,12 @@ SETTINGS = {
 # at the MLP settings' 0.32 bp's LeNet collapsed to a constant output within 100 steps, and
 # after 200 steps (200 test images) bp reached 41 % at 0.03 and 23 % at 0.1.
 LENET_LEARNING_RATE = 0.03
+# DI's inputs: (pixel / 255 - mean) / std over the whole training set, as the authors standardize
+# them (mnist_classification.py l. 43-47); the mean and std of wtfree's copies' training images.
+STANDARDIZE = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530)}
+# DI's FA baseline draws B ~ U(-0.5, 0.5) (dynamic-inversion mnist_classification.py l. 64, 82):
+# 53 times the limit of W's own draw at this setting, sqrt(3 x 0.03 / 1000).
+DI_FA_FEEDBACK_LIMIT = 0.5
 # Each setting's entries of config.settling that differ from the rule's *Config defaults.
 OVERRIDES = {
     "ar": {"loss_scale": 64 * 10.0},  # the code's sum of squares over examples and outputs
@@ -132,6 +141,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.loss = loss
     if setting == "di":
         config.optimizer.weight_decay = 32 * 1e-6 / lr
+        config.input_mean, config.input_std = STANDARDIZE[arg.dataset]
+        if arg.rule == "fa" and arg.model == "mlp":  # the authors' FA: B ~ U(-0.5, 0.5)
+            config.model_kwargs.feedback_scale = DI_FA_FEEDBACK_LIMIT / math.sqrt(
+                3 * kwargs["kernel_scale"] / widths[-1]
+            )
     if is_settling:
         config.settling = ml_collections.ConfigDict()
         values = {f.name: f.default for f in dataclasses.fields(settling.get(arg.rule).config)}
