@@ -1,5 +1,5 @@
-r"""configs/sweeps/settling_mnist.py's sweep on Fashion-MNIST, for ar, pc and pal (di's ran
-before it, docs/settling.md): the same settings, lengths, seeds and baselines.
+r"""configs/sweeps/settling_mnist.py's sweep on Fashion-MNIST: the same rules, settings, lengths,
+seeds and baselines.
 
     apt-get install -y dataset-fashion-mnist  # IDX files in /usr/share/datasets/fashion-mnist
     python -m wtfree.sweep configs/sweeps/settling_fashion_mnist.py \
@@ -7,10 +7,10 @@ before it, docs/settling.md): the same settings, lengths, seeds and baselines.
     python experiments/results_table.py runs/settling_fashion_mnist
 """
 
-from configs.sweeps.settling_mnist import settling_runs
+from configs.sweeps.settling_mnist import SETTLING, settling_runs
 
 IDX_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 def get_sweep() -> list[dict]:
-    return settling_runs(("ar", "pal", "pc"), ",dataset=fashion_mnist", {"idx_dir": IDX_DIR})
+    return settling_runs(SETTLING, ",dataset=fashion_mnist", {"idx_dir": IDX_DIR})
