@@ -85,8 +85,6 @@ def main():
     for rule in rules:
         if rule not in RULES:
             parser.error(f"--rules: {rule!r}; allowed: {', '.join(RULES)}")
-    if args.model == "lenet" and "pal" in rules:
-        parser.error("--rules: 'pal' with --model=lenet; allowed: ar, pc, di")
     if args.model == "resnet8" and not set(rules) <= {"ar", "pc"}:
         parser.error(f"--rules={args.rules!r} with --model=resnet8; allowed: ar, pc")
     try:

@@ -442,6 +442,115 @@ def test_pal_moves_b_towards_w():
     assert angle(-result.feedback_grads[1], params[1]["w"]) < 30.0
 
 
+def max_pool_sigmoid(a):
+    return jax.lax.reduce_window(
+        jax.nn.sigmoid(a), -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
+
+
+def pal_lenet():
+    """The authors' PAL LeNet in small: conv, max pool, conv, dense, dense, output; float64."""
+    k = jax.random.split(jax.random.key(3), 11)
+    model = [
+        settling.Layer(settling.make_conv(padding="SAME"), max_pool_sigmoid),
+        settling.Layer(settling.make_conv(), jax.nn.sigmoid),
+        settling.Layer(settling.flatten_dense, jax.nn.sigmoid),
+        settling.Layer(settling.dense, jax.nn.sigmoid),
+        settling.Layer(settling.dense),
+    ]
+    shapes = [(3, 3, 1, 2), (2, 2, 2, 3), (2 * 2 * 3, 5), (5, 4), (4, 3)]
+    params = [
+        {"w": 0.5 * jax.random.normal(kk, s, jnp.float64), "bias": 0.1 * jnp.ones(s[-1])}
+        for kk, s in zip(k[:5], shapes, strict=True)
+    ]
+    b = [0.5 * jax.random.normal(kk, s, jnp.float64) for kk, s in zip(k[5:10], shapes, strict=True)]
+    x = jax.random.normal(k[10], (BATCH, 6, 6, 1), jnp.float64)
+    return model, params, b, x, jnp.ones((BATCH, 3), jnp.float64)
+
+
+def _conv(x, w):
+    return jax.lax.conv_general_dilated(
+        x,
+        w,
+        (1, 1),
+        "SAME" if w.shape[0] == 3 else "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def test_pal_on_a_lenet_learns_b_in_the_dense_layers_by_its_formula_on_a_fixed_draw():
+    # The authors' LeNet: noise after each conv's pooling (none in the conv itself) and in the
+    # dense layers' pre-activations; B learns in the dense layers only (is_conv's sources).
+    with jax.enable_x64(True):
+        model, params, b, x, y = pal_lenet()
+        config = settling.PALConfig(steps=3, sigma=0.3, regularizer=0.01)
+        state = pal_lib.init_state(model, params, x)
+        rng = jax.random.key(5)
+        result = settling.phaseless_alignment(
+            model, params, b, x, mse(y), config, state=state, rng=rng
+        )
+        draws = pal_lib.normals(rng, state, config.steps)
+        tau, dt = config.tau_xi * config.dt, config.dt
+        w = [p["w"] for p in params]
+        c = [p["bias"] for p in params]
+        xi = [jnp.zeros_like(n) for n in state["noise"]]
+        hp = [jnp.zeros_like(n) for n in state["noise"]]
+        rates = [jnp.zeros_like(n) for n in state["noise"]]
+        db = [jnp.zeros_like(m) for m in b]
+        for t in range(config.steps):
+            xi = [
+                n + (jnp.sqrt(tau * dt) * config.sigma * d[t] - dt * n) / tau
+                for n, d in zip(xi, draws, strict=True)
+            ]
+            xi[-1] = jnp.zeros_like(xi[-1])  # no noise on the output
+            h0 = max_pool_sigmoid(_conv(x, w[0]) + c[0]) + xi[0]
+            h1 = jax.nn.sigmoid(_conv(h0, w[1]) + c[1]) + xi[1]
+            h2 = jax.nn.sigmoid(h1.reshape(BATCH, -1) @ w[2] + c[2] + xi[2])
+            h3 = jax.nn.sigmoid(h2 @ w[3] + c[3] + xi[3])
+            h4 = h3 @ w[4] + c[4]
+            new = [h0, h1, h2, h3, h4]
+            for k in (2, 3, 4):
+                hp[k] = hp[k] + (new[k] - rates[k]) - dt / (config.tau_hp * dt) * hp[k]
+                below = xi[k - 1].reshape(BATCH, -1)
+                db[k] = db[k] + dt * (below.T @ hp[k] / BATCH - config.regularizer * b[k])
+            rates = new
+        for k in (2, 3, 4):
+            np.testing.assert_allclose(-result.feedback_grads[k], db[k], rtol=1e-10)
+            assert np.abs(db[k]).max() > 0
+        for k in (0, 1):  # the conv layers' B are fixed, as the input layer's
+            np.testing.assert_array_equal(result.feedback_grads[k], 0.0)
+            np.testing.assert_array_equal(result.state["highpass"][k], 0.0)
+        assert_trees_close(result.state["noise"], xi, rtol=1e-12)
+        assert_trees_close(result.state["rates"], rates, rtol=1e-12)
+        assert_trees_close(result.state["highpass"][2:], hp[2:], rtol=1e-12)
+
+
+def test_pal_on_a_lenet_sends_the_error_down_by_feedback_alignment_through_fixed_b():
+    # Conv2d_PAL._calculate_errors: rho' * fold(B^T e), B fixed; as every layer's W gradient
+    # and error here: feedback alignment's, by jax.grad through wtfree.rules' fa custom_vjp.
+    with jax.enable_x64(True):
+        model, params, b, x, y = pal_lenet()
+        state = pal_lib.init_state(model, params, x)
+        config = settling.PALConfig(steps=2)
+        result = settling.phaseless_alignment(
+            model, params, b, x, mse(y), config, state=state, rng=jax.random.key(0)
+        )
+
+        def loss(params, probes):
+            h = x
+            for layer, p, bb, probe in zip(model, params, b, probes, strict=True):
+                a = rules.get("fa").apply(layer.f, h, p["w"], bb, None) + p["bias"]
+                h = layer.activation(a) + probe
+            return mse(y)(h)
+
+        probes = [jnp.zeros_like(h) for h in settling.forward(model, params, x)[0][1:]]
+        fa_grads, fa_errors = jax.grad(loss, argnums=(0, 1))(params, probes)
+        assert_trees_close(result.grads, fa_grads)
+        assert_trees_close(result.errors, fa_errors)
+        bp = jax.grad(loss_of, argnums=1)(model, params, x, y)
+        assert angle(result.grads[0]["w"], bp[0]["w"]) > 1.0  # not W^T: B
+
+
 def teacher_batch(seed, widths=WIDTHS, n=32):
     k1, k2 = jax.random.split(jax.random.key(seed))
     x = jax.random.normal(k1, (n, widths[0]))

@@ -50,11 +50,10 @@ MODELS = ("mlp", "lenet")
 RESIDUAL = ("resnet8", "resnet20", "resnet56", "resnet18", "resnet50")
 # What a rule cannot do on a residual net, in one line each (``validate``).
 RESIDUAL_LIMITS = settling.blocks.LIMITS
-# What a rule cannot do on a conv net, in one line each (``validate``).
-CONV_LIMITS = {
-    "pal": "PAL's noise enters a layer's pre-activation and its B update pairs it with the rate "
-    "above, which a max-pooled conv layer's change of shape does not allow here",
-}
+# What a rule cannot do on a conv net, in one line each (``validate``): none now. PAL takes LeNet
+# as its authors' LeNet does (noise after each pooling, B fixed in the conv layers:
+# ``settling.pal.is_conv``).
+CONV_LIMITS: dict[str, str] = {}
 # The rng stream the settling step draws PAL's noise from (steps.py uses 0 to 3).
 _RNG_STREAM = 4
 

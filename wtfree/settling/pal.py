@@ -1,5 +1,5 @@
 """Phaseless alignment learning (PAL): B learns from each layer's own noise while W learns, with
-no separate phase."""
+no separate phase; on dense layers, and on a conv net as the authors' LeNet (``is_conv``)."""
 
 import dataclasses
 import math
@@ -60,6 +60,35 @@ def highpass_step(highpass: Array, change: Array, config: PALConfig) -> Array:
     return highpass + change - config.dt / (config.tau_hp * config.dt) * highpass
 
 
+def is_conv(layer: network.Layer) -> bool:
+    r"""Whether PAL treats the layer as the authors treat their LeNet's conv layers.
+
+    In kma-code/Phaseless-Alignment-Learning's CIFAR-10 LeNet (``generalized_latent_equilibrium/
+    experiments/CIFAR10/le_layers_cifar10_training.py`` l. 86-96: ``Conv2d_PAL``, ``MaxPool2d``,
+    ``Conv2d_PAL``, ``MaxPool2d``, ``Projection_PAL``, ``Linear_PAL``; settings in
+    ``experiments/CIFAR10/Fig6/runner.py`` l. 109-114, one entry per layer):
+
+    - a conv layer sends its error down through a **fixed random B**: ``Conv2d_PAL.
+      _calculate_errors`` is ``rho_deriv * fold(B^T e)`` (``model/latent_equilibrium_layers.py``
+      l. 332-352), B drawn N(0, 0.05) (l. 268-269), and its rate is zero, ``bw_lr_factors``
+      [0, 0, 0, 0, 10, 10] (runner l. 109; ``learning_rate_B = learning_rate * bw_lr_factors[i]``,
+      layers l. 1463): feedback alignment, with the activation's derivative and the max
+      pooling's routing (``MaxPool2d.update_weights``, ``max_unpool2d``, l. 565-566);
+    - a conv layer's own noise is zero (``sigma`` [0, 5e-2, 0, 5e-2, 5e-2, 5e-2], runner l. 114);
+      the noise enters **after its max pooling**, added to the pooled rate by the pooling layer
+      (``MaxPool2d.forward`` l. 538-547), and is the noise the layer above's B update reads
+      (``LESequential._update_bw_weights`` l. 1683-1687 pairs layer i's high-passed rate with
+      the noise of layer i - 1, the pooling's ``noise_out``).
+
+    wtfree's LeNet chain (``wtfree.kinds.settling.chain``) puts the pooling in a conv layer's
+    activation, so a conv layer here is the authors' conv and the pooling after it: its noise
+    :math:`\xi_l` is added to its output, :math:`h_l = \phi_l(a_l) + \xi_l`, and its B stays
+    as it is. A dense layer (``Projection_PAL``, ``Linear_PAL``) takes its noise in the
+    pre-activation, :math:`h_l = \phi_l(a_l + \xi_l)`, and learns B.
+    """
+    return isinstance(layer.f, network.Conv)
+
+
 def feedback_update(
     layer: network.Layer, b: Array, noise_below: Array, highpass: Array, regularizer: float
 ) -> Array:
@@ -101,11 +130,13 @@ def phaseless_alignment(
     by the error sent down through B.
 
     Each step t, every hidden layer's noise :math:`\xi_l` takes an OU step and enters its
-    pre-activation; each layer's rate change :math:`\Delta r_l` feeds its high-pass filter
-    :math:`\hat r_l`; and :math:`\Delta B_l = dt\,\dot B_l` (``feedback_update``), summed over
-    the steps. W's update is feedback alignment's on the noise-free pass through the B the
-    batch started with (the rates in latent equilibrium respond at once, so a noise-free pass
-    is their steady state):
+    pre-activation (a conv layer's: its output, after the pooling, ``is_conv``); each dense
+    layer's rate change :math:`\Delta r_l` feeds its high-pass filter :math:`\hat r_l`; and
+    :math:`\Delta B_l = dt\,\dot B_l` (``feedback_update``), summed over the steps, for every
+    dense layer but the first (a conv layer's B stays fixed, as in the authors' LeNet). W's
+    update is feedback alignment's on the noise-free pass through the B the batch started with
+    (the rates in latent equilibrium respond at once, so a noise-free pass is their steady
+    state), conv layers included:
 
     .. math::
       \Delta W_l = J_W f_l(h_{l-1}, \cdot)^\top (\phi'(a_l) \odot e_l), \qquad
@@ -145,6 +176,7 @@ def phaseless_alignment(
 
     # Noise enters the hidden layers only: the output's would reach no B.
     sigmas = [1.0] * (n - 1) + [0.0]
+    conv = [is_conv(layer) for layer in model]
 
     def step(carry, draws):
         noise, highpass, rates, dbs = carry
@@ -154,14 +186,20 @@ def phaseless_alignment(
         h, new_rates = x, []
         for k, (layer, p, xi) in enumerate(zip(model, params, noise, strict=True)):
             a = pre[0] if k == 0 else layer.f(h, p["w"]) + p["bias"]
-            h = layer.activation(a + xi)
+            if not conv[k]:
+                h = layer.activation(a + xi)
+            else:  # after the pooling (is_conv); the first layer's rate is the noise-free one
+                h = (hs[1] if k == 0 else layer.activation(a)) + xi
             new_rates.append(h)
+        # A conv layer's filtered rate would only feed its own B, which does not learn.
         highpass = [
-            highpass_step(hp, r - r0, config)
-            for hp, r, r0 in zip(highpass, new_rates, rates, strict=True)
+            hp if c else highpass_step(hp, r - r0, config)
+            for c, hp, r, r0 in zip(conv, highpass, new_rates, rates, strict=True)
         ]
         dbs = [dbs[0]] + [
             db
+            if conv[k]
+            else db
             + config.dt
             * feedback_update(model[k], b, noise[k - 1], highpass[k], config.regularizer)
             for k, (db, b) in enumerate(zip(dbs[1:], feedback[1:], strict=True), start=1)
@@ -177,7 +215,8 @@ def phaseless_alignment(
     )
     (noise, highpass, rates, dbs), _ = jax.lax.scan(step, carry, draws)
     new_state = {"noise": noise, "highpass": highpass, "rates": rates}
-    # Layer 1 sends no error down, so its B gets zeros (the input carries no noise).
+    # Layer 1 sends no error down, so its B gets zeros (the input carries no noise); so do
+    # conv layers' (is_conv).
     feedback_grads = [-db for db in dbs]
     return Result(
         grads, feedback_grads, new_state, None, errors, jnp.asarray(config.steps, jnp.int32)
