@@ -7,8 +7,10 @@ import sys
 import numpy as np
 import pytest
 
+from tests import fake_data
 from tests.test_train import ROOT, tiny_config
 from wtfree import config_lib, data
+from wtfree import trainer as trainer_lib
 
 
 @pytest.mark.parametrize(
@@ -185,9 +187,6 @@ def test_bad_input_normalization_is_refused(overrides, expected):
 
 
 def test_input_mean_and_std_standardize_what_training_and_evaluation_read():
-    from tests import fake_data
-    from wtfree import trainer as trainer_lib
-
     with fake_data.synthetic_images(num_examples=64):
         plain = trainer_lib.Trainer(tiny_config("bp"))
         standard = trainer_lib.Trainer(tiny_config("bp", input_mean=0.25, input_std=(0.5,)))
